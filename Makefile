@@ -1,0 +1,50 @@
+# The two commands of the README: `make demo` (set up + MixTraining vs SSL+SL on Fashion-MNIST)
+# and `make test` (set up + lint + the whole test suite). Both are idempotent.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+PYTEST := $(PYTHON) -m pytest
+# torch and torchvision must match (timm imports torchvision); 2.14.1 is the newest CUDA build
+# the project is tested with. Build isolation is off because the extension builds against the
+# installed torch.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup data deps install lint test test-cpu test-triton demo bench gpu
+
+setup: data deps install
+
+data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; }
+
+deps:
+	@$(PYTHON) -c "import torch, torchvision, sys; sys.exit(0 if torch.__version__.startswith('2.') else 1)" 2>/dev/null || \
+	  $(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q setuptools wheel ninja
+
+install:
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+test-cpu:
+	$(PYTEST) -q -m "not triton"
+
+# The Triton kernels on CPU tensors: the interpreter must be on before triton is imported.
+test-triton:
+	TRITON_INTERPRET=1 MIXFAST_BACKEND=triton $(PYTEST) -q -m triton
+
+test: setup lint test-cpu test-triton
+
+demo: setup
+	$(PYTHON) -m mixfast compare --dataset fashion-mnist --out $(DEMO_OUT)
+
+bench: setup
+	$(PYTHON) -m mixfast bench
+
+# Every GPU check and benchmark in one command (run on a machine with a CUDA GPU).
+gpu:
+	bash benchmarks/gpu_all.sh

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark of mixfast in one command, for a rare lent GPU machine.
+#   bash benchmarks/gpu_all.sh [STAGES]      STAGES: any of build,test,micro,step,e2e (default all)
+# Writes logs and JSON to $OUT (or benchmarks/results/gpu-run when OUT is unset).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu-run}
+mkdir -p "$OUT"
+STAGES=${1:-build,test,micro,step,e2e}
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.log"; }
+
+python3 - <<'PY' | tee -a "$OUT/summary.log"
+import sys, torch, triton
+p = torch.cuda.get_device_properties(0)
+print(f"device {p.name} sm_{p.major}{p.minor} {p.multi_processor_count} SMs; torch {torch.__version__} "
+      f"cuda {torch.version.cuda} triton {triton.__version__} python {sys.version.split()[0]}")
+PY
+
+if has build; then
+  log "build the extension against this machine's torch"
+  MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . \
+    >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; log "BUILD FAILED"; }
+  python3 -c "import mixfast, json; print(json.dumps(mixfast.build_info(), default=str))" \
+    2>&1 | tee -a "$OUT/summary.log"
+fi
+
+if has test; then
+  log "test suite on the GPU (Triton compiled for real, CUDA masking, compile)"
+  timeout 420 python3 -m pytest -q -x --no-header -p no:cacheprovider -m "triton or cuda" \
+    tests >"$OUT/tests_gpu.log" 2>&1
+  tail -15 "$OUT/tests_gpu.log" | tee -a "$OUT/summary.log"
+fi
+
+run_bench() {  # name, command...
+  local name=$1; shift
+  log "bench $name"
+  timeout 240 "$@" --json "$OUT/$name.json" 2>&1 | tail -25 | tee -a "$OUT/summary.log"
+}
+if has micro; then
+  run_bench attention python3 benchmarks/bench_attention.py
+  run_bench patch_embed python3 benchmarks/bench_patch_embed.py
+  run_bench masking python3 benchmarks/bench_masking.py --device cuda
+fi
+if has step; then
+  run_bench mixed_step python3 benchmarks/bench_mixed_step.py --device cuda
+fi
+if has e2e; then
+  log "end to end: SSL+SL vs MixTraining on Fashion-MNIST"
+  timeout 420 python3 -m mixfast compare --dataset fashion-mnist --device cuda \
+    --out "$OUT/compare" ${E2E_ARGS:-} 2>&1 | tail -30 | tee -a "$OUT/summary.log"
+  cp "$OUT/compare/compare.json" "$OUT/compare.json" 2>/dev/null || true
+fi
+log "done"
