@@ -1,5 +1,5 @@
 """Public ops of mixfast. Each is a torch.library custom op (namespace `mixfast`) that picks
 the Triton kernel or the plain-PyTorch reference (see mixfast/_backend.py)."""
 
+from mixfast._attention import varlen_attention  # noqa: F401
 from mixfast.reference import masked_patch_embed_reference as masked_patch_embed  # noqa: F401
-from mixfast.reference import varlen_attention_reference as varlen_attention  # noqa: F401

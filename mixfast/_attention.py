@@ -1,0 +1,245 @@
+"""Shared varlen attention as torch.library custom ops (namespace `mixfast`).
+
+`varlen_attention(q, k, v, cu_seqlens, max_seqlen)` is non-causal multi-head attention over
+packed sequences (flash-attention's varlen convention): q, k, v [T, H, Dh], `cu_seqlens` int32
+[S+1] marking where each sequence starts, `max_seqlen` the longest length as a Python int. Each
+sequence attends only to itself.
+
+Two opaque custom ops carry it: `mixfast::varlen_attn_fwd` -> (out [T, H, Dh], lse [H, T] fp32)
+and `mixfast::varlen_attn_bwd` -> (dq, dk, dv). Their bodies pick the Triton kernels
+(kernels/attention.py) or the plain-PyTorch path below (see mixfast/_backend.py). They are opaque
+on purpose: torch.compile traces around them (fake impls below), never into Triton, so the same
+graph compiles on CPU, under the interpreter and on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mixfast._backend import use_triton
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_HEAD_DIM = 256
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain-PyTorch path (CPU, and the oracle of the tests): sequences of equal length are gathered
+# into one batch, so a mix step (two lengths) costs two batched matmuls, not one per sequence.
+# ----------------------------------------------------------------------------------------------
+
+
+def _length_groups(cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices [n, L] of every group of non-empty sequences sharing one length L."""
+    cu = cu_seqlens.to("cpu", torch.int64)
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    groups = []
+    for length in torch.unique(lengths).tolist():
+        if length == 0:
+            continue
+        group_starts = starts[lengths == length]
+        groups.append(group_starts[:, None] + torch.arange(length))
+    return groups
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    # [n, L, H, Dh] x [n, L, H, Dh] -> [n, H, L, L], fp32
+    return torch.einsum("nihd,njhd->nhij", q.float(), k.float()) * scale
+
+
+def _reference_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    total, heads, _ = q.shape
+    out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.zeros(heads, total, dtype=torch.float32, device=q.device)
+    for rows in _length_groups(cu_seqlens):
+        rows = rows.to(q.device)
+        s = _scores(q[rows], k[rows], scale)
+        lse_g = torch.logsumexp(s, dim=-1)  # [n, H, L]
+        p = torch.exp(s - lse_g[..., None])
+        out[rows] = torch.einsum("nhij,njhd->nihd", p, v[rows].float()).to(q.dtype)
+        lse[:, rows] = lse_g.permute(1, 0, 2)
+    return out, lse
+
+
+def _reference_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    for rows in _length_groups(cu_seqlens):
+        rows = rows.to(q.device)
+        qg, kg, vg = q[rows].float(), k[rows].float(), v[rows].float()
+        do, o = grad_out[rows].float(), out[rows].float()
+        p = torch.exp(_scores(qg, kg, scale) - lse[:, rows].permute(1, 0, 2)[..., None])
+        delta = (do * o).sum(-1).transpose(1, 2)  # [n, H, L]
+        dp = torch.einsum("nihd,njhd->nhij", do, vg)
+        ds = p * (dp - delta[..., None])
+        dv[rows] = torch.einsum("nhij,nihd->njhd", p, do).to(v.dtype)
+        dq[rows] = (torch.einsum("nhij,njhd->nihd", ds, kg) * scale).to(q.dtype)
+        dk[rows] = (torch.einsum("nhij,nihd->njhd", ds, qg) * scale).to(k.dtype)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("mixfast::varlen_attn_fwd", mutates_args=())
+def varlen_attn_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """out [T, H, Dh] (q's dtype, contiguous) and lse [H, T] fp32 (natural log)."""
+    if not q.is_cuda:
+        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+    if use_triton(q):
+        from mixfast.kernels.attention import varlen_attn_fwd as triton_fwd
+
+        return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale)
+    return _reference_fwd(q, k, v, cu_seqlens, softmax_scale)
+
+
+@varlen_attn_fwd.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale):
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("mixfast::varlen_attn_bwd", mutates_args=())
+def varlen_attn_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv (contiguous, the dtypes of q, k, v) by recomputation from lse."""
+    if use_triton(q):
+        from mixfast.kernels.attention import varlen_attn_bwd as triton_bwd
+
+        return triton_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale)
+    return _reference_bwd(grad_out, q, k, v, out, lse, cu_seqlens, softmax_scale)
+
+
+@varlen_attn_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+    ctx.max_seqlen = max_seqlen
+    ctx.softmax_scale = softmax_scale
+
+
+def _backward(ctx, grad_out, grad_lse):
+    # lse is an auxiliary output for the backward; its gradient is ignored.
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = varlen_attn_bwd(
+        grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale
+    )
+    return dq, dk, dv, None, None, None
+
+
+varlen_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public function and input checks
+# ----------------------------------------------------------------------------------------------
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Block-diagonal (per-sequence) attention over packed sequences.
+
+    q, k, v [T, H, Dh] (fp32, bf16 or fp16, the same dtype and shape; the last dim contiguous,
+    other strides free, e.g. views of one packed qkv projection); cu_seqlens int32 [S+1] on the
+    same device, 0 = cu_seqlens[0] <= ... <= cu_seqlens[S] = T; max_seqlen >= every length
+    (a Python int). Returns [T, H, Dh], default scale 1/sqrt(Dh).
+    Like flash-attention, the cu_seqlens values are checked only where reading them costs no
+    device sync (CPU tensors); shapes, dtypes and devices are always checked.
+    """
+    _check_inputs(q, k, v, cu_seqlens, max_seqlen)
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    out, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, float(softmax_scale))
+    return out
+
+
+def _check_inputs(q, k, v, cu_seqlens, max_seqlen) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"varlen_attention: {name} must be a 3-D tensor [T, H, Dh]")
+        if t.dtype not in DTYPES:
+            raise ValueError(f"varlen_attention: {name}.dtype is {t.dtype}; allowed: {DTYPES}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"varlen_attention: q, k, v must have the same shape [T, H, Dh]; got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(
+            f"varlen_attention: q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"varlen_attention: head dim {q.shape[-1]} > {MAX_HEAD_DIM}")
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1:
+        raise ValueError("varlen_attention: cu_seqlens must be a 1-D int32 tensor [S+1]")
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.shape[0] < 1:
+        raise ValueError(
+            f"varlen_attention: cu_seqlens must be int32 with S+1 >= 1 entries; got "
+            f"{cu_seqlens.dtype} with {cu_seqlens.shape[0]} entries"
+        )
+    devices = {t.device for t in (q, k, v, cu_seqlens)}
+    if len(devices) != 1:
+        raise ValueError(
+            f"varlen_attention: q, k, v, cu_seqlens must share one device; got {devices}"
+        )
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (int, torch.SymInt)):
+        raise ValueError(f"varlen_attention: max_seqlen must be an int; got {max_seqlen!r}")
+
+
+def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
+    """Value checks (they read cu_seqlens, so only on paths that read it anyway)."""
+    cu = cu_seqlens.to("cpu", torch.int64)
+    lengths = cu[1:] - cu[:-1]
+    if cu[0] != 0 or cu[-1] != total:
+        raise ValueError(
+            f"varlen_attention: cu_seqlens must start at 0 and end at T={total}; got "
+            f"{cu[0].item()} .. {cu[-1].item()}"
+        )
+    if lengths.numel() and lengths.min() < 0:
+        raise ValueError("varlen_attention: cu_seqlens must be non-decreasing")
+    if lengths.numel() and lengths.max() > max_seqlen:
+        raise ValueError(
+            f"varlen_attention: max_seqlen={max_seqlen} is smaller than the longest sequence "
+            f"({lengths.max().item()})"
+        )
