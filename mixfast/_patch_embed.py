@@ -1,0 +1,215 @@
+"""Masked patch embedding as torch.library custom ops (namespace `mixfast`).
+
+`masked_patch_embed(images, weight, bias, pos_embed, ids_keep=None) -> [B, K, D]` is timm's
+`PatchEmbed` (a stride-p conv), then the gather of the kept patches `ids_keep` [B, K], then the
+position-embedding add, in one op.
+
+`packed_patch_embed(...) -> [total_rows, D]` writes the patch tokens of one batch of images into
+a packed token buffer, the layout of a mix step: the full view (all N patches) and/or the kept
+view (the K patches of `ids_keep`) of every image, each at its own row offset. Each patch is
+embedded once even when it lands in both views (the kernel writes the row twice). Rows it does
+not write (the cls rows) are zero; the model fills them.
+
+Both ops are opaque `custom_op`s with fake impls and registered autograd (grads for weight, bias
+and pos_embed; images get none), so `torch.compile(fullgraph=True)` traces around them on CPU,
+under the Triton interpreter and on CUDA. Their bodies pick the Triton kernels
+(kernels/patch_embed.py) or the plain-PyTorch path (see mixfast/_backend.py). Under autocast the
+floating inputs are cast to the autocast dtype (weights stay fp32 for the optimizer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mixfast._backend import use_triton
+from mixfast.reference import masked_patch_embed_reference, patchify_images
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks: shapes and dtypes only (no device sync); index values are checked on CPU.
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_index(name: str, index: Tensor, shape: tuple, device: torch.device) -> None:
+    if index.dtype not in INDEX_DTYPES:
+        raise ValueError(f"{name} must be int32 or int64, got {index.dtype}")
+    if tuple(index.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(index.shape)}")
+    if index.device != device:
+        raise ValueError(f"{name} is on {index.device}, images on {device}")
+
+
+def _check_index_values(name: str, index: Tensor | None, low: int, high: int) -> None:
+    """Values in [low, high): checked on CPU only, where it costs no device sync."""
+    if index is None or index.device.type != "cpu" or index.numel() == 0:
+        return
+    found_low, found_high = int(index.min()), int(index.max())
+    if found_low < low or found_high >= high:
+        raise ValueError(
+            f"{name} values must be in [{low}, {high}), got [{found_low}, {found_high}]"
+        )
+
+
+def _check_patch_inputs(
+    images: Tensor, weight: Tensor, bias: Tensor, pos_embed: Tensor, ids_keep: Tensor | None
+) -> None:
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
+    if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
+        raise ValueError(
+            f"weight must be [D, C, p, p] (timm conv layout), got {list(weight.shape)}"
+        )
+    batch, channels, height, width = images.shape
+    dim, patch = weight.shape[0], weight.shape[-1]
+    if weight.shape[1] != channels:
+        raise ValueError(f"weight has {weight.shape[1]} input channels, images have {channels}")
+    if height % patch or width % patch:
+        raise ValueError(f"image size {height}x{width} is not divisible by the patch size {patch}")
+    num_patches = (height // patch) * (width // patch)
+    if tuple(bias.shape) != (dim,):
+        raise ValueError(f"bias must have shape [{dim}], got {list(bias.shape)}")
+    if tuple(pos_embed.shape) != (num_patches, dim):
+        raise ValueError(
+            f"pos_embed must be [N, D] = [{num_patches}, {dim}] (no cls row), "
+            f"got {list(pos_embed.shape)}"
+        )
+    for name, tensor in (
+        ("images", images),
+        ("weight", weight),
+        ("bias", bias),
+        ("pos_embed", pos_embed),
+    ):
+        if tensor.dtype not in DTYPES:
+            raise ValueError(f"{name} dtype must be one of {DTYPES}, got {tensor.dtype}")
+        if tensor.dtype != images.dtype:
+            raise ValueError(
+                f"{name} dtype {tensor.dtype} differs from images dtype {images.dtype}; "
+                "cast them to one dtype (autocast does this for you)"
+            )
+        if tensor.device != images.device:
+            raise ValueError(f"{name} is on {tensor.device}, images on {images.device}")
+    if ids_keep is not None:
+        if ids_keep.dim() != 2 or ids_keep.shape[0] != batch:
+            raise ValueError(f"ids_keep must be [B, K] with B={batch}, got {list(ids_keep.shape)}")
+        _check_index("ids_keep", ids_keep, tuple(ids_keep.shape), images.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain-PyTorch backward (CPU, and the oracle of the tests); fp32 accumulation.
+# ----------------------------------------------------------------------------------------------
+
+
+def _reference_backward(
+    grad_tokens: Tensor, images: Tensor, weight: Tensor, patch_ids: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    batch, length, dim = grad_tokens.shape
+    patch = weight.shape[-1]
+    pixels = patchify_images(images, patch)  # [B, N, C*p*p]
+    num_patches = pixels.shape[1]
+    if patch_ids is not None:
+        index = patch_ids.long().unsqueeze(-1).expand(-1, -1, pixels.shape[-1])
+        pixels = torch.gather(pixels, 1, index)  # [B, L, C*p*p]
+    grad = grad_tokens.reshape(batch * length, dim).float()
+    grad_weight = grad.t() @ pixels.reshape(batch * length, -1).float()  # [D, C*p*p]
+    grad_bias = grad.sum(0)
+    if patch_ids is None:
+        grad_pos = grad.view(batch, length, dim).sum(0)
+    else:
+        grad_pos = grad.new_zeros(num_patches, dim)
+        grad_pos.index_add_(0, patch_ids.reshape(-1).long(), grad)
+    dtype = weight.dtype
+    return grad_weight.to(dtype).view(weight.shape), grad_bias.to(dtype), grad_pos.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# The ops
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("mixfast::masked_patch_embed", mutates_args=())
+def _masked_patch_embed_op(
+    images: Tensor, weight: Tensor, bias: Tensor, pos_embed: Tensor, ids_keep: Tensor | None
+) -> Tensor:
+    _check_patch_inputs(images, weight, bias, pos_embed, ids_keep)
+    _check_index_values("ids_keep", ids_keep, 0, pos_embed.shape[0])
+    if use_triton(images):
+        from mixfast.kernels import patch_embed as kernels
+
+        return kernels.masked_patch_embed_fwd(images, weight, bias, pos_embed, ids_keep)
+    return masked_patch_embed_reference(images, weight, bias, pos_embed, ids_keep).contiguous()
+
+
+@_masked_patch_embed_op.register_fake
+def _(images, weight, bias, pos_embed, ids_keep):
+    _check_patch_inputs(images, weight, bias, pos_embed, ids_keep)
+    length = pos_embed.shape[0] if ids_keep is None else ids_keep.shape[1]
+    return images.new_empty(images.shape[0], length, weight.shape[0])
+
+
+@torch.library.custom_op("mixfast::patch_embed_backward", mutates_args=())
+def _patch_embed_backward_op(
+    grad_tokens: Tensor, images: Tensor, weight: Tensor, patch_ids: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """grad_tokens [B, L, D] of tokens whose patches are `patch_ids` [B, L] (None: all N in
+    order) -> (grad_weight [D, C, p, p], grad_bias [D], grad_pos_embed [N, D])."""
+    grad_tokens = grad_tokens.contiguous()  # may arrive as an expanded view (stride 0)
+    if use_triton(images):
+        from mixfast.kernels import patch_embed as kernels
+
+        return kernels.patch_embed_bwd(grad_tokens, images, weight, patch_ids)
+    return _reference_backward(grad_tokens, images, weight, patch_ids)
+
+
+@_patch_embed_backward_op.register_fake
+def _(grad_tokens, images, weight, patch_ids):
+    patch = weight.shape[-1]
+    num_patches = (images.shape[2] // patch) * (images.shape[3] // patch)
+    dim = weight.shape[0]
+    return (
+        weight.new_empty(weight.shape),
+        weight.new_empty(dim),
+        weight.new_empty(num_patches, dim),
+    )
+
+
+def _masked_setup_context(ctx, inputs, output) -> None:
+    images, weight, _, _, ids_keep = inputs
+    ctx.save_for_backward(images, weight, ids_keep)
+
+
+def _masked_backward(ctx, grad_out):
+    images, weight, ids_keep = ctx.saved_tensors
+    grad_weight, grad_bias, grad_pos = _patch_embed_backward_op(grad_out, images, weight, ids_keep)
+    return None, grad_weight, grad_bias, grad_pos, None
+
+
+_masked_patch_embed_op.register_autograd(_masked_backward, setup_context=_masked_setup_context)
+
+
+def masked_patch_embed(
+    images: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    pos_embed: Tensor,
+    ids_keep: Tensor | None = None,
+) -> Tensor:
+    """Patch tokens of the kept patches: images [B, C, H, W], weight [D, C, p, p], bias [D],
+    pos_embed [N, D] (no cls row), ids_keep [B, K] int (None: all N patches) -> [B, K, D].
+
+    Same numbers as timm `PatchEmbed` + `torch.gather(tokens, 1, ids_keep)` + pos_embed add.
+    """
+    images, weight, bias, pos_embed = _autocast(images, weight, bias, pos_embed)
+    return torch.ops.mixfast.masked_patch_embed(images, weight, bias, pos_embed, ids_keep)
+
+
+def _autocast(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Under autocast, cast the floating inputs to its dtype, as F.conv2d would be."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) for t in tensors)
