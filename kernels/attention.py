@@ -1,0 +1,315 @@
+"""Shared varlen attention: Triton forward and backward kernels and their launchers.
+
+Layout (flash-attention's varlen convention): q, k, v [T, H, Dh] with the last dim contiguous,
+`cu_seqlens` int32 [S+1], `max_seqlen` a host int. The forward saves lse [H, T] (fp32, natural
+log); the backward recomputes the probabilities from it (FlashAttention-2), never a T x T matrix.
+
+Scheduling. A ViT mix step has hundreds of short sequences (17-197 tokens) whose attention is
+bandwidth- and latency-bound: the whole call moves a few tens of MB. So:
+- One launch per direction serves every sequence: grid (S * H, tiles of the longest sequence);
+  each program reads its own sequence's bounds from `cu_seqlens` and loops only over that
+  sequence's tiles; programs past the end of a short sequence exit at once. We do not bucket
+  sequences by length on the host: that needs the lengths on the host (a device sync in every
+  attention call, 24 per step for ViT-Tiny) or one launch per bucket, and either costs more
+  than the padding it saves at these sizes. Tile sizes come from `max_seqlen` alone.
+- Backward: a program owns one key/value tile of BLOCK_N rows (next power of two of the length,
+  16 at least, at most 128). When the sequence fits that tile (every mix-step length up to 128)
+  the program holds all of the sequence's keys, so while it walks the query tiles it also
+  finishes each query tile's dq: dq, dk and dv in one pass, delta = rowsum(dO * O) computed on
+  the fly, no atomics, no preprocess kernel, no dq accumulator. Longer sequences fall back to
+  FA2 tiling without atomics: the same program then also computes dq for its own BLOCK_N query
+  rows by a second loop over the key tiles (some recomputation instead of atomics).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+MAX_TILE = 128
+
+
+@triton.jit
+def _load_tile(base, rows, length, stride_t, offs_d, HEAD_DIM: tl.constexpr):
+    """Rows `rows` (< length) of one head of a [T, H, Dh] tensor -> [len(rows), BLOCK_D]."""
+    ptrs = base + rows[:, None] * stride_t + offs_d[None, :]
+    mask = (rows[:, None] < length) & (offs_d[None, :] < HEAD_DIM)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_tile(base, value, rows, length, stride_t, offs_d, HEAD_DIM: tl.constexpr):
+    ptrs = base + rows[:, None] * stride_t + offs_d[None, :]
+    mask = (rows[:, None] < length) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(ptrs, value.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _seq_bounds(cu_seqlens, num_heads):
+    """(sequence start row, length, head) of this program, all int64."""
+    pid = tl.program_id(0).to(tl.int64)
+    seq = pid // num_heads
+    head = pid % num_heads
+    start = tl.load(cu_seqlens + seq).to(tl.int64)
+    end = tl.load(cu_seqlens + seq + 1).to(tl.int64)
+    return start, end - start, head
+
+
+@triton.jit
+def _varlen_attn_fwd_kernel(
+    Q, K, V, O, LSE, CU_SEQLENS,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_lh,
+    num_heads, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    start, length, head = _seq_bounds(CU_SEQLENS, num_heads)
+    m_start = tl.program_id(1).to(tl.int64) * BLOCK_M
+    if m_start >= length:
+        return
+    qk_scale = tl.cast(qk_scale, tl.float32)  # softmax scale * log2(e): exp2 below
+    q_base = Q + start * stride_qt + head * stride_qh
+    k_base = K + start * stride_kt + head * stride_kh
+    v_base = V + start * stride_vt + head * stride_vh
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_tile(q_base, offs_m, length, stride_qt, offs_d, HEAD_DIM)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n_start in range(0, length, BLOCK_N):
+        cols = n_start + offs_n
+        k = _load_tile(k_base, cols, length, stride_kt, offs_d, HEAD_DIM)
+        v = _load_tile(v_base, cols, length, stride_vt, offs_d, HEAD_DIM)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+        s = tl.where(cols[None, :] < length, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    o_base = O + start * stride_ot + head * stride_oh
+    _store_tile(o_base, acc, offs_m, length, stride_ot, offs_d, HEAD_DIM)
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # log2 -> natural log
+    tl.store(LSE + head * stride_lh + start + offs_m, lse, mask=offs_m < length)
+
+
+@triton.jit
+def _probs_t(k, q, lse2, rows, cols, length, qk_scale, INPUT_PRECISION: tl.constexpr):
+    """P^T [BLOCK_N, BLOCK_M] for key rows `cols` and query rows `rows` (0 outside)."""
+    st = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * qk_scale
+    pt = tl.math.exp2(st - lse2[None, :])
+    valid = (cols[:, None] < length) & (rows[None, :] < length)
+    return tl.where(valid, pt, 0.0)
+
+
+@triton.jit
+def _load_row_stats(lse_base, o_base, do, rows, length, stride_ot, offs_d, HEAD_DIM: tl.constexpr):
+    """lse in log2 units and delta = rowsum(dO * O) for query rows `rows`."""
+    o = _load_tile(o_base, rows, length, stride_ot, offs_d, HEAD_DIM)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    lse2 = tl.load(lse_base + rows, mask=rows < length, other=0.0) * 1.4426950408889634
+    return lse2, delta
+
+
+@triton.jit
+def _varlen_attn_bwd_kernel(
+    Q, K, V, O, DO, LSE, DQ, DK, DV, CU_SEQLENS,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    stride_lh,
+    num_heads, softmax_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    start, length, head = _seq_bounds(CU_SEQLENS, num_heads)
+    n_start = tl.program_id(1).to(tl.int64) * BLOCK_N
+    if n_start >= length:
+        return
+    softmax_scale = tl.cast(softmax_scale, tl.float32)
+    qk_scale = softmax_scale * 1.4426950408889634
+    q_base = Q + start * stride_qt + head * stride_qh
+    k_base = K + start * stride_kt + head * stride_kh
+    v_base = V + start * stride_vt + head * stride_vh
+    o_base = O + start * stride_ot + head * stride_oh
+    do_base = DO + start * stride_dot + head * stride_doh
+    dq_base = DQ + start * stride_dqt + head * stride_dqh
+    lse_base = LSE + head * stride_lh + start
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_m = tl.arange(0, BLOCK_M)
+    cols = n_start + tl.arange(0, BLOCK_N)
+    k = _load_tile(k_base, cols, length, stride_kt, offs_d, HEAD_DIM)
+    v = _load_tile(v_base, cols, length, stride_vt, offs_d, HEAD_DIM)
+    # The whole sequence's keys are in this tile: each query tile's dq is complete in one visit.
+    whole = length <= BLOCK_N
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for m_start in range(0, length, BLOCK_M):
+        rows = m_start + offs_m
+        q = _load_tile(q_base, rows, length, stride_qt, offs_d, HEAD_DIM)
+        do = _load_tile(do_base, rows, length, stride_dot, offs_d, HEAD_DIM)
+        lse2, delta = _load_row_stats(
+            lse_base, o_base, do, rows, length, stride_ot, offs_d, HEAD_DIM
+        )
+        pt = _probs_t(k, q, lse2, rows, cols, length, qk_scale, INPUT_PRECISION)
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+        dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+        dk = tl.dot(dst, q, dk, input_precision=INPUT_PRECISION)
+        if whole:
+            dq = tl.dot(tl.trans(dst), k, input_precision=INPUT_PRECISION) * softmax_scale
+            _store_tile(dq_base, dq, rows, length, stride_dqt, offs_d, HEAD_DIM)
+
+    dk_base = DK + start * stride_dkt + head * stride_dkh
+    dv_base = DV + start * stride_dvt + head * stride_dvh
+    _store_tile(dk_base, dk * softmax_scale, cols, length, stride_dkt, offs_d, HEAD_DIM)
+    _store_tile(dv_base, dv, cols, length, stride_dvt, offs_d, HEAD_DIM)
+    if length > BLOCK_N:
+        # Tiled fallback: dq of this program's own BLOCK_N query rows, over every key tile.
+        for m_start in range(n_start, tl.minimum(n_start + BLOCK_N, length), BLOCK_M):
+            _dq_rows(
+                q_base, k_base, v_base, o_base, do_base, dq_base, lse_base, m_start,
+                length, stride_qt, stride_kt, stride_vt, stride_ot, stride_dot, stride_dqt,
+                qk_scale, softmax_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, INPUT_PRECISION,
+            )  # fmt: skip
+
+
+@triton.jit
+def _dq_rows(
+    q_base, k_base, v_base, o_base, do_base, dq_base, lse_base, m_start,
+    length, stride_qt, stride_kt, stride_vt, stride_ot, stride_dot, stride_dqt,
+    qk_scale, softmax_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dq for query rows [m_start, m_start + BLOCK_M), looping over all key tiles."""
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = m_start + tl.arange(0, BLOCK_M)
+    q = _load_tile(q_base, rows, length, stride_qt, offs_d, HEAD_DIM)
+    do = _load_tile(do_base, rows, length, stride_dot, offs_d, HEAD_DIM)
+    lse2, delta = _load_row_stats(lse_base, o_base, do, rows, length, stride_ot, offs_d, HEAD_DIM)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n_start in range(0, length, BLOCK_N):
+        cols = n_start + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base, cols, length, stride_kt, offs_d, HEAD_DIM)
+        v = _load_tile(v_base, cols, length, stride_vt, offs_d, HEAD_DIM)
+        pt = _probs_t(k, q, lse2, rows, cols, length, qk_scale, INPUT_PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+        dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+        dq = tl.dot(tl.trans(dst), k, dq, input_precision=INPUT_PRECISION)
+    _store_tile(dq_base, dq * softmax_scale, rows, length, stride_dqt, offs_d, HEAD_DIM)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def _tile(max_seqlen: int) -> int:
+    """Key tile: the next power of two of the longest sequence, 16 at least, MAX_TILE at most."""
+    return min(max(16, triton.next_power_of_2(max(max_seqlen, 1))), MAX_TILE)
+
+
+def _fwd_config(max_seqlen: int, head_dim: int) -> dict:
+    tile = _tile(max_seqlen)
+    block_n = min(tile, 64 if head_dim <= 64 else 32)
+    return dict(BLOCK_M=tile, BLOCK_N=block_n, num_warps=8 if tile * block_n >= 128 * 64 else 4)
+
+
+def _bwd_config(max_seqlen: int, head_dim: int) -> dict:
+    tile = _tile(max_seqlen)
+    block_m = min(tile, 32 if head_dim <= 64 else 16)
+    return dict(BLOCK_M=block_m, BLOCK_N=tile, num_warps=8 if tile >= 128 else 4)
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get true fp32 products (the tests hold them to tight tolerances), not tf32.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _run_config(config: dict, interpret: bool) -> dict:
+    """Launch options: num_warps/num_stages only mean something on a GPU."""
+    if interpret:
+        return {k: v for k, v in config.items() if k.startswith("BLOCK")}
+    return config
+
+
+def varlen_attn_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """out [T, H, Dh] contiguous and lse [H, T] fp32 (natural log)."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    total, heads, head_dim = q.shape
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    num_seqs = cu_seqlens.shape[0] - 1
+    if total == 0 or num_seqs == 0 or max_seqlen == 0:
+        return out, lse
+    config = _fwd_config(max_seqlen, head_dim)
+    grid = (num_seqs * heads, triton.cdiv(max_seqlen, config["BLOCK_M"]))
+    _varlen_attn_fwd_kernel[grid](
+        q, k, v, out, lse, cu_seqlens,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0),
+        heads, softmax_scale * LOG2E,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        INPUT_PRECISION=_precision(q.dtype), **_run_config(config, not q.is_cuda),
+    )  # fmt: skip
+    return out, lse
+
+
+def varlen_attn_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv, contiguous. grad_out may be any view (e.g. expanded, stride 0)."""
+    q, k, v, out = (_last_dim_contiguous(t) for t in (q, k, v, out))
+    grad_out = grad_out.contiguous()
+    lse = lse.contiguous()
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    total, heads, head_dim = q.shape
+    num_seqs = cu_seqlens.shape[0] - 1
+    if total == 0 or num_seqs == 0 or max_seqlen == 0:
+        return dq, dk, dv
+    config = _bwd_config(max_seqlen, head_dim)
+    grid = (num_seqs * heads, triton.cdiv(max_seqlen, config["BLOCK_N"]))
+    _varlen_attn_bwd_kernel[grid](
+        q, k, v, out, grad_out, lse, dq, dk, dv, cu_seqlens,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1),
+        dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        lse.stride(0),
+        heads, softmax_scale,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        INPUT_PRECISION=_precision(q.dtype), **_run_config(config, not q.is_cuda),
+    )  # fmt: skip
+    return dq, dk, dv
