@@ -206,6 +206,209 @@ def masked_patch_embed(
     return torch.ops.mixfast.masked_patch_embed(images, weight, bias, pos_embed, ids_keep)
 
 
+# ----------------------------------------------------------------------------------------------
+# Packed variant: both views of one batch of images in one token buffer
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_packed_inputs(
+    images: Tensor,
+    pos_embed: Tensor,
+    ids_keep: Tensor | None,
+    full_offsets: Tensor | None,
+    keep_offsets: Tensor | None,
+    total_rows: int,
+) -> None:
+    batch = images.shape[0]
+    if full_offsets is None and keep_offsets is None:
+        raise ValueError("give full_offsets, keep_offsets or both (the views to write)")
+    if keep_offsets is not None and ids_keep is None:
+        raise ValueError("keep_offsets needs ids_keep (the kept patches of each image)")
+    if total_rows < 0:
+        raise ValueError(f"total_rows must be >= 0, got {total_rows}")
+    for name, offsets in (("full_offsets", full_offsets), ("keep_offsets", keep_offsets)):
+        if offsets is not None:
+            _check_index(name, offsets, (batch,), images.device)
+
+
+def _check_packed_values(
+    pos_embed: Tensor,
+    ids_keep: Tensor | None,
+    full_offsets: Tensor | None,
+    keep_offsets: Tensor | None,
+    total_rows: int,
+) -> None:
+    _check_index_values("ids_keep", ids_keep, 0, pos_embed.shape[0])
+    if full_offsets is not None:
+        _check_index_values("full_offsets", full_offsets, -1, total_rows - pos_embed.shape[0] + 1)
+    if keep_offsets is not None:
+        _check_index_values("keep_offsets", keep_offsets, -1, total_rows - ids_keep.shape[1] + 1)
+
+
+def _view_rows(offsets: Tensor, length: int) -> Tensor:
+    """[B, length] row of each token of a view: offsets[b] + j, or -1 where offsets[b] < 0."""
+    offsets = offsets.long()[:, None]
+    rows = offsets + torch.arange(length, device=offsets.device)
+    return torch.where(offsets >= 0, rows, -1)
+
+
+def _keep_slots(ids_keep: Tensor, num_patches: int) -> Tensor:
+    """[B, N] position of each patch in ids_keep, -1 for the masked ones."""
+    batch, keep = ids_keep.shape
+    slots = torch.full((batch, num_patches), -1, dtype=torch.long, device=ids_keep.device)
+    position = torch.arange(keep, device=ids_keep.device).expand(batch, keep)
+    return slots.scatter(1, ids_keep.long(), position)
+
+
+def _packed_reference(
+    images, weight, bias, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows
+):
+    tokens = masked_patch_embed_reference(images, weight, bias, pos_embed)  # [B, N, D]
+    out = tokens.new_zeros(total_rows, tokens.shape[-1])
+    views = []
+    if full_offsets is not None:
+        views.append((tokens, full_offsets))
+    if keep_offsets is not None:
+        kept = torch.gather(tokens, 1, ids_keep.long()[..., None].expand(-1, -1, tokens.shape[-1]))
+        views.append((kept, keep_offsets))
+    for view, offsets in views:
+        rows = _view_rows(offsets, view.shape[1])
+        written = rows >= 0
+        out[rows[written]] = view[written]
+    return out
+
+
+def _packed_triton(
+    images, weight, bias, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows
+):
+    from mixfast.kernels import patch_embed as kernels
+
+    out = images.new_zeros(total_rows, weight.shape[0])
+    if full_offsets is None:  # kept view only: embed the K kept patches
+        return kernels.patch_embed_fwd(
+            images,
+            weight,
+            bias,
+            pos_embed,
+            out,
+            ids_keep.shape[1],
+            ids=ids_keep,
+            off_a=keep_offsets,
+        )
+    num_patches = pos_embed.shape[0]
+    slot = None if keep_offsets is None else _keep_slots(ids_keep, num_patches)
+    return kernels.patch_embed_fwd(
+        images,
+        weight,
+        bias,
+        pos_embed,
+        out,
+        num_patches,
+        off_a=full_offsets,
+        slot=slot,
+        off_b=keep_offsets,
+    )
+
+
+@torch.library.custom_op("mixfast::packed_patch_embed", mutates_args=())
+def _packed_patch_embed_op(
+    images: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    pos_embed: Tensor,
+    ids_keep: Tensor | None,
+    full_offsets: Tensor | None,
+    keep_offsets: Tensor | None,
+    total_rows: int,
+) -> Tensor:
+    args = (images, weight, bias, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows)
+    _check_patch_inputs(images, weight, bias, pos_embed, ids_keep)
+    _check_packed_inputs(images, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows)
+    _check_packed_values(pos_embed, ids_keep, full_offsets, keep_offsets, total_rows)
+    if use_triton(images):
+        return _packed_triton(*args)
+    return _packed_reference(*args)
+
+
+@_packed_patch_embed_op.register_fake
+def _(images, weight, bias, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows):
+    _check_patch_inputs(images, weight, bias, pos_embed, ids_keep)
+    _check_packed_inputs(images, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows)
+    return images.new_empty(total_rows, weight.shape[0])
+
+
+def _packed_setup_context(ctx, inputs, output) -> None:
+    images, weight, _, pos_embed, ids_keep, full_offsets, keep_offsets, _ = inputs
+    ctx.num_patches = pos_embed.shape[0]
+    ctx.save_for_backward(images, weight, ids_keep, full_offsets, keep_offsets)
+
+
+def _gather_rows(grad: Tensor, rows: Tensor) -> Tensor:
+    """grad[rows] with zeros where rows == -1 (the appended zero row)."""
+    padded = torch.cat([grad, grad.new_zeros(1, grad.shape[1])])
+    return padded[rows]
+
+
+def _packed_backward(ctx, grad_out):
+    images, weight, ids_keep, full_offsets, keep_offsets = ctx.saved_tensors
+    if full_offsets is None:  # tokens are the kept patches, as in the forward
+        patch_ids = ids_keep
+        grad_tokens = _gather_rows(grad_out, _view_rows(keep_offsets, ids_keep.shape[1]))
+    else:  # tokens are all N patches; a kept patch also collects its kept-view row
+        patch_ids = None
+        grad_tokens = _gather_rows(grad_out, _view_rows(full_offsets, ctx.num_patches))
+        if keep_offsets is not None:
+            slots = _keep_slots(ids_keep, ctx.num_patches)
+            keep_base = keep_offsets.long()[:, None]
+            rows = torch.where((slots >= 0) & (keep_base >= 0), keep_base + slots, -1)
+            grad_tokens = grad_tokens + _gather_rows(grad_out, rows)
+    grad_weight, grad_bias, grad_pos = _patch_embed_backward_op(
+        grad_tokens, images, weight, patch_ids
+    )
+    return None, grad_weight, grad_bias, grad_pos, None, None, None, None
+
+
+_packed_patch_embed_op.register_autograd(_packed_backward, setup_context=_packed_setup_context)
+
+
+def packed_patch_embed(
+    images: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    pos_embed: Tensor,
+    total_rows: int,
+    *,
+    ids_keep: Tensor | None = None,
+    full_offsets: Tensor | None = None,
+    keep_offsets: Tensor | None = None,
+) -> Tensor:
+    """Patch tokens of one image batch written into a packed token buffer [total_rows, D].
+
+    images [B, C, H, W], weight [D, C, p, p], bias [D], pos_embed [N, D] (no cls row) as in
+    `masked_patch_embed`. Views, each optional (at least one):
+      - full view: patch n of image b goes to row `full_offsets[b] + n` (full_offsets [B] int);
+      - kept view: kept patch j (= ids_keep[b, j]) goes to row `keep_offsets[b] + j`
+        (keep_offsets [B] int, ids_keep [B, K] int).
+    An offset of -1 skips that view for that image. Rows nobody writes (the cls rows, padding)
+    are zero: the model writes its cls tokens there (e.g. `x.index_copy(0, cls_rows, cls)`).
+    Overlapping views are not allowed (not checked on CUDA).
+
+    A mix step with SL = full view and SSL = kept view of the same B images, packed as
+    [cls, N patches] x B then [cls, K kept] x B:
+        full_offsets = arange(B) * (N + 1) + 1
+        keep_offsets = B * (N + 1) + arange(B) * (K + 1) + 1
+        total_rows   = B * (N + 1) + B * (K + 1)
+    With both views the kernel embeds each patch once (one GEMM over the N patches) and stores a
+    kept patch's row twice; with the kept view only it embeds just the K kept patches. When the
+    SL and SSL images differ, call it once per image batch (full_offsets only, keep_offsets
+    only), each with the row offsets of its own part, and torch.cat the two buffers.
+    """
+    images, weight, bias, pos_embed = _autocast(images, weight, bias, pos_embed)
+    return torch.ops.mixfast.packed_patch_embed(
+        images, weight, bias, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows
+    )
+
+
 def _autocast(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Under autocast, cast the floating inputs to its dtype, as F.conv2d would be."""
     device_type = tensors[0].device.type
