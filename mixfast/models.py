@@ -1,0 +1,695 @@
+"""MAE + classification on a timm VisionTransformer, and the packed mixed step of MixTraining.
+
+The encoder *is* a timm `VisionTransformer` (`model.encoder`): its state_dict matches timm key
+for key, head 0 is timm's own `head`, and extra task heads live in `model.extra_heads`. The MAE
+decoder follows facebookresearch/mae `models_mae.py`.
+
+Forwards (no host syncs inside any of them):
+
+    forward_sl(images, task=0)                              -> logits [B, classes]
+    forward_ssl(images, mask_ratio, *, seed, offset)        -> MAE loss (scalar)
+    forward_mixed(ssl_images, sl_images, labels, *, alpha, mask_ratio, seed, offset,
+                  sl_view="full", task_weights=None)        -> (loss, parts)
+
+`forward_mixed` packs the SSL sequences (cls + visible patches) and the SL sequences (cls + all
+patches) into one token buffer [T, D] with `cu_seqlens`, runs every encoder block once over it
+(each Linear sees both sub-batches; attention is `mixfast.ops.varlen_attention`, block-diagonal
+per sequence), then splits the rows into the MAE decoder and the classification head(s). With
+`packed=False` it runs the same modules on each sub-batch separately: the reference that the
+packed path must equal.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from mixfast import ops
+
+try:
+    from mixfast.masking import random_masking
+except ImportError:  # TEMPORARY until the foundation's masking op lands
+
+    class _Masking(NamedTuple):
+        ids_keep: torch.Tensor
+        ids_restore: torch.Tensor
+        mask: torch.Tensor
+
+    def random_masking(
+        batch_size, num_patches, mask_ratio, *, seed, offset=0, device="cpu", sorted_keep=False
+    ):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + offset)
+        noise = torch.rand(batch_size, num_patches, generator=gen).to(device)
+        keep = int(num_patches * (1 - mask_ratio))
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        mask = torch.ones(batch_size, num_patches, device=device)
+        mask[:, :keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+        return _Masking(ids_shuffle[:, :keep], ids_restore, mask)
+
+
+from mixfast.reference import patchify_images
+
+SL_VIEWS = ("full", "masked")
+Labels = torch.Tensor | Sequence[torch.Tensor]
+Images = torch.Tensor | Sequence[torch.Tensor] | None
+
+
+class _SLGroup(NamedTuple):
+    """SL images that one or more tasks label: tasks[i] is labelled by labels[i]."""
+
+    images: torch.Tensor
+    tasks: list[int]
+    labels: list[torch.Tensor]
+
+
+def sincos_pos_embed(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sin-cos position embedding [1 + gh*gw, dim] with a zero cls row (as in MAE)."""
+    if dim % 4:
+        raise ValueError(
+            f"decoder_dim must be a multiple of 4 for the sin-cos embedding, got {dim}"
+        )
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64),
+        torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij",
+    )
+    # MAE order: first half encodes the column (w), second half the row (h)
+    angles = [pos.reshape(-1, 1) * omega for pos in (xs, ys)]
+    emb = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
+    return torch.cat([emb.new_zeros(1, dim), emb]).float()
+
+
+def _check_vit(vit: nn.Module) -> None:
+    """The packed encoder path supports plain timm ViTs: cls token, learned pos embed, Blocks."""
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"name_or_vit must be a timm VisionTransformer, got {type(vit).__name__}")
+    unsupported = {
+        "class_token=True": vit.cls_token is None,
+        "reg_tokens=0": vit.reg_token is not None,
+        "no_embed_class=False": vit.no_embed_class,
+        "dynamic_img_size=False": vit.dynamic_img_size,
+        "pos_embed='learn'": vit.pos_embed is None,
+        "global_pool='token'": vit.global_pool != "token" or vit.attn_pool is not None,
+        "patch_drop_rate=0": not isinstance(vit.patch_drop, nn.Identity),
+        "no embed_norm_layer": not isinstance(vit.patch_embed.norm, nn.Identity),
+        "num_classes >= 1": not isinstance(vit.head, nn.Linear),
+    }
+    for block in vit.blocks:
+        unsupported["block_fn=Block"] = (
+            unsupported.get("block_fn=Block") or type(block) is not Block
+        )
+        drop = getattr(getattr(block, "attn", None), "attn_drop", None)
+        unsupported["attn_drop_rate=0"] = unsupported.get("attn_drop_rate=0") or bool(
+            drop is not None and drop.p > 0
+        )
+    bad = [name for name, failed in unsupported.items() if failed]
+    if bad:
+        raise ValueError(f"the mixfast encoder needs a timm ViT with {', '.join(bad)}")
+    patch, img = vit.patch_embed.patch_size, vit.patch_embed.img_size
+    if patch[0] != patch[1]:
+        raise ValueError(f"patch_size must be square, got {patch}")
+    if img[0] % patch[0] or img[1] % patch[1]:
+        raise ValueError(f"img_size {tuple(img)} must be divisible by patch_size {patch[0]}")
+
+
+class MixMAE(nn.Module):
+    """A timm ViT encoder with an MAE decoder and K classification heads.
+
+    Build it with `create_model`. `model.encoder` is the timm VisionTransformer (head 0 is its
+    `head`); `model.extra_heads[k - 1]` is the head of task k >= 1.
+    """
+
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        *,
+        task_classes: Sequence[int],
+        decoder_dim: int = 128,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        norm_pix_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_vit(vit)
+        if decoder_dim < 1 or decoder_depth < 1 or decoder_heads < 1:
+            raise ValueError(
+                f"decoder_dim, decoder_depth and decoder_heads must be >= 1, got "
+                f"{decoder_dim}, {decoder_depth}, {decoder_heads}"
+            )
+        if decoder_dim % decoder_heads:
+            raise ValueError(
+                f"decoder_dim ({decoder_dim}) must be divisible by decoder_heads ({decoder_heads})"
+            )
+        self.encoder = vit
+        self.task_classes = [int(c) for c in task_classes]
+        self.norm_pix_loss = norm_pix_loss
+        self.patch_size = vit.patch_embed.patch_size[0]
+        self.grid_size = tuple(vit.patch_embed.grid_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.in_chans = vit.patch_embed.proj.in_channels
+        dim = vit.embed_dim
+        self.extra_heads = nn.ModuleList(nn.Linear(dim, c) for c in self.task_classes[1:])
+
+        # MAE decoder
+        self.decoder_embed = nn.Linear(dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.register_buffer(
+            "decoder_pos_embed",
+            sincos_pos_embed(*self.grid_size, decoder_dim).unsqueeze(0),
+            persistent=False,
+        )
+        self.decoder_blocks = nn.Sequential(
+            *(
+                Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True)
+                for _ in range(decoder_depth)
+            )
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
+        pixels = self.patch_size**2 * self.in_chans
+        self.decoder_pred = nn.Linear(decoder_dim, pixels)
+        self._init_new_weights()
+
+    def _init_new_weights(self) -> None:
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in [*self.extra_heads, self.decoder_embed, self.decoder_pred]:
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        for module in self.decoder_blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_classes)
+
+    # ----------------------------------------------------------------------------- checks
+
+    def _check_images(self, images: torch.Tensor, name: str) -> None:
+        expected = (self.in_chans, *self.encoder.patch_embed.img_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"{name} must be [B, {expected[0]}, {expected[1]}, {expected[2]}] "
+                f"(in_chans, img_size of the model), got {list(images.shape)}"
+            )
+
+    def _check_mask_ratio(self, mask_ratio: float) -> None:
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if int(self.num_patches * (1 - mask_ratio)) < 1:
+            raise ValueError(
+                f"mask_ratio={mask_ratio} keeps no patch of {self.num_patches}; "
+                f"use mask_ratio <= {1 - 1 / self.num_patches:.4f}"
+            )
+
+    def check_labels(self, labels: torch.Tensor, task: int = 0) -> None:
+        """Raise ValueError if a label is outside [0, classes of `task`).
+
+        Reads the labels on the host (a sync): call it once per batch outside a compiled step,
+        or pass `validate=True` to `forward_mixed` in eager mode.
+        """
+        self._check_task(task)
+        classes = self.task_classes[task]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            raise ValueError(
+                f"labels of task {task} must be in [0, {classes}), got values in "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+
+    def _check_task(self, task: int) -> None:
+        if not 0 <= task < self.num_tasks:
+            raise ValueError(f"task must be in [0, {self.num_tasks}), got {task}")
+
+    # ----------------------------------------------------------------------------- embedding
+
+    def _masking(self, batch: int, mask_ratio: float, seed: int, offset: int, device):
+        return random_masking(
+            batch, self.num_patches, mask_ratio, seed=seed, offset=offset, device=device
+        )
+
+    def embed_patches(
+        self, images: torch.Tensor, ids_keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, C, H, W] -> patch tokens + pos embed [B, K, D] (K = N when ids_keep is None)."""
+        proj = self.encoder.patch_embed.proj
+        pos_embed = self.encoder.pos_embed[0, 1:]  # [N, D]; row 0 is the cls position
+        return ops.masked_patch_embed(images, proj.weight, proj.bias, pos_embed, ids_keep)
+
+    def prepend_cls(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, K, D] -> [B, 1 + K, D], then timm's pos_drop and norm_pre."""
+        vit = self.encoder
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens.to(cls.dtype)], dim=1)  # fp32 residual stream, as in timm
+        return vit.norm_pre(vit.pos_drop(x))
+
+    # ----------------------------------------------------------------------------- encoder
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Full images -> normed tokens [B, 1 + N, D]; equals timm's `forward_features`."""
+        self._check_images(images, "images")
+        x = self.encoder.blocks(self.prepend_cls(self.embed_patches(images)))
+        return self.encoder.norm(x)
+
+    def encode_packed(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run sequence groups [B_i, L_i, D] through every block as one packed buffer [T, D].
+
+        Returns the block outputs (before the final norm) split back into [B_i, L_i, D].
+        """
+        if len(seqs) == 1:  # uniform lengths: timm's batched path is the fast one
+            return [self.encoder.blocks(seqs[0])]
+        shapes = [(s.shape[0], s.shape[1]) for s in seqs]
+        dim = seqs[0].shape[-1]
+        x = torch.cat([s.reshape(-1, dim) for s in seqs])
+        cu_seqlens = _cu_seqlens(shapes, x.device)
+        max_seqlen = max(length for _, length in shapes)
+        for block in self.encoder.blocks:
+            x = _block_packed(block, x, cu_seqlens, max_seqlen, shapes)
+        chunks = x.split([b * length for b, length in shapes])
+        return [c.view(b, length, dim) for c, (b, length) in zip(chunks, shapes)]
+
+    def encode_separate(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Reference for `encode_packed`: each group through timm's blocks on its own."""
+        return [self.encoder.blocks(s) for s in seqs]
+
+    # ----------------------------------------------------------------------------- heads
+
+    def head(self, cls_tokens: torch.Tensor, task: int = 0) -> torch.Tensor:
+        """Normed cls tokens [B, D] -> logits [B, classes of `task`] (timm's forward_head)."""
+        vit = self.encoder
+        x = vit.head_drop(vit.fc_norm(cls_tokens))
+        return vit.head(x) if task == 0 else self.extra_heads[task - 1](x)
+
+    def forward_sl(self, images: torch.Tensor, task: int = 0) -> torch.Tensor:
+        """Full images [B, C, H, W] -> logits of head `task` [B, classes]."""
+        self._check_task(task)
+        self._check_images(images, "images")
+        x = self.encoder.blocks(self.prepend_cls(self.embed_patches(images)))
+        return self.head(self.encoder.norm(x[:, 0]), task)
+
+    # ----------------------------------------------------------------------------- MAE
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Normed encoder output [B, 1 + K, D] -> pixel predictions [B, N, p*p*C]."""
+        x = self.decoder_embed(latent)
+        batch, kept, dim = x.shape
+        masked = self.mask_token.to(x.dtype).expand(batch, self.num_patches + 1 - kept, -1)
+        x_ = torch.cat([x[:, 1:], masked], dim=1)  # [B, N, Dd], kept first then masked
+        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))  # unshuffle
+        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed
+        x = self.decoder_norm(self.decoder_blocks(x))
+        return self.decoder_pred(x)[:, 1:]
+
+    def forward_loss(
+        self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean squared pixel error over the masked patches (1 in `mask`) only."""
+        target = patchify_images(images, self.patch_size).float()
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        loss = (pred.float() - target).pow(2).mean(dim=-1)  # [B, N], per-patch loss
+        # clamp: mask_ratio=0 (or an empty batch) masks nothing and gives 0, not 0/0
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def forward_mae(
+        self, images: torch.Tensor, mask_ratio: float = 0.75, *, seed: int, offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MAE forward as in models_mae.py: -> (loss, pred [B, N, p*p*C], mask [B, N])."""
+        self._check_images(images, "images")
+        self._check_mask_ratio(mask_ratio)
+        masking = self._masking(images.shape[0], mask_ratio, seed, offset, images.device)
+        tokens = self.prepend_cls(self.embed_patches(images, masking.ids_keep))
+        latent = self.encoder.norm(self.encoder.blocks(tokens))
+        pred = self.forward_decoder(latent, masking.ids_restore)
+        return self.forward_loss(images, pred, masking.mask), pred, masking.mask
+
+    def forward_ssl(
+        self, images: torch.Tensor, mask_ratio: float = 0.75, *, seed: int, offset: int = 0
+    ) -> torch.Tensor:
+        """Images [B, C, H, W] -> MAE loss; masks from `mixfast.random_masking(seed, offset)`."""
+        return self.forward_mae(images, mask_ratio, seed=seed, offset=offset)[0]
+
+    # ----------------------------------------------------------------------------- mixed step
+
+    def forward_mixed(
+        self,
+        ssl_images: torch.Tensor | None,
+        sl_images: Images,
+        labels: Labels | None,
+        *,
+        alpha: float | torch.Tensor,
+        mask_ratio: float = 0.75,
+        seed: int,
+        offset: int = 0,
+        sl_view: str = "full",
+        task_weights: Sequence[float] | None = None,
+        packed: bool = True,
+        validate: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One MixTraining step's loss: `alpha * L_mae + (1 - alpha) * sum_k w_k * L_ce_k`.
+
+        Args:
+            ssl_images: [Bm, C, H, W] for the MAE loss, or None / empty (no SSL sub-batch).
+            sl_images: [Bs, C, H, W] labelled by every tensor in `labels`, or a list with one
+                image tensor per task; None / empty for no SL sub-batch. Passing the same tensor
+                object as `ssl_images` embeds the patches once (SSL tokens are a gather).
+            labels: int64 [Bs] for task 0 alone, or a list of K tensors (one per head, in task
+                order). Not range-checked here unless `validate=True` (a host sync; see
+                `check_labels`).
+            alpha: weight of the MAE loss; pass a 0-dim tensor under torch.compile so a new
+                value does not recompile.
+            mask_ratio, seed, offset: the MAE masking (`mixfast.random_masking`). Rows
+                [0, Bm) mask `ssl_images`, as `forward_ssl(ssl_images, ...)` would.
+            sl_view: "full" (SL heads read full images) or "masked" (SL heads read the cls token
+                of the masked view, SupMAE-style: when `sl_images is ssl_images` one encoder
+                pass over the visible patches serves both losses; other SL images are masked
+                with rows Bm.. of the same masking call and feed the heads only).
+            task_weights: w_k per task; default 1/K for a list of K label tensors, 1 for a
+                single label tensor.
+            packed: False runs the sub-batches separately through the same modules (reference).
+            validate: check label ranges on the host before any work (eager only).
+
+        Returns:
+            (loss, parts): parts["ssl"] = L_mae, parts["sl"] = sum_k w_k * L_ce_k, and
+            parts[f"sl_{k}"] = L_ce_k; an empty sub-batch contributes a 0 loss.
+        """
+        groups = self._sl_groups(sl_images, labels)
+        weights = self._task_weights(task_weights, labels)
+        has_ssl = ssl_images is not None and ssl_images.shape[0] > 0
+        self._check_mixed(ssl_images if has_ssl else None, groups, sl_view, mask_ratio, validate)
+        if sl_view == "full":
+            ssl_out, ssl_masking, sl_cls = self._encode_full_view(
+                ssl_images if has_ssl else None, groups, mask_ratio, seed, offset, packed
+            )
+        else:
+            ssl_out, ssl_masking, sl_cls = self._encode_masked_view(
+                ssl_images if has_ssl else None, groups, mask_ratio, seed, offset, packed
+            )
+
+        zero = self.encoder.cls_token.new_zeros(())
+        parts = {"ssl": zero}
+        if ssl_out is not None:
+            pred = self.forward_decoder(ssl_out, ssl_masking.ids_restore)
+            parts["ssl"] = self.forward_loss(ssl_images, pred, ssl_masking.mask)
+        task_losses = [zero] * self.num_tasks
+        for group, cls in zip(groups, sl_cls):
+            for task, target in zip(group.tasks, group.labels):
+                task_losses[task] = F.cross_entropy(self.head(cls, task).float(), target)
+        parts["sl"] = sum(w * task_losses[k] for k, w in weights.items())
+        parts.update({f"sl_{k}": task_losses[k] for k in range(self.num_tasks)})
+        loss = alpha * parts["ssl"] + (1 - alpha) * parts["sl"]
+        return loss, parts
+
+    def _encode(self, seqs: list[torch.Tensor], packed: bool) -> list[torch.Tensor]:
+        return self.encode_packed(seqs) if packed else self.encode_separate(seqs)
+
+    def _encode_full_view(self, ssl_images, groups, mask_ratio, seed, offset, packed):
+        """SL groups as full sequences, SSL as cls + visible patches, all in one pass."""
+        seqs, ssl_tokens, masking = [], None, None
+        if ssl_images is not None:
+            masking = self._masking(
+                ssl_images.shape[0], mask_ratio, seed, offset, ssl_images.device
+            )
+        for group in groups:
+            tokens = self.embed_patches(group.images)  # [Bs, N, D]
+            if ssl_images is not None and group.images is ssl_images:
+                index = masking.ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+                ssl_tokens = torch.gather(tokens, 1, index)  # shared patch embedding
+            seqs.append(self.prepend_cls(tokens))
+        if ssl_images is not None:
+            if ssl_tokens is None:
+                ssl_tokens = self.embed_patches(ssl_images, masking.ids_keep)
+            seqs.append(self.prepend_cls(ssl_tokens))
+        outs = self._encode(seqs, packed)
+        sl_cls = [self.encoder.norm(out[:, 0]) for out in outs[: len(groups)]]
+        ssl_out = self.encoder.norm(outs[-1]) if ssl_images is not None else None
+        return ssl_out, masking, sl_cls
+
+    def _encode_masked_view(self, ssl_images, groups, mask_ratio, seed, offset, packed):
+        """Every sequence is cls + visible patches; SL heads read the masked view's cls."""
+        first = ssl_images if ssl_images is not None else groups[0].images
+        own = [g for g in groups if g.images is not ssl_images]  # SL images needing own masks
+        rows = [0 if ssl_images is None else ssl_images.shape[0]] + [g.images.shape[0] for g in own]
+        masking = self._masking(sum(rows), mask_ratio, seed, offset, first.device)
+        ids_keep = masking.ids_keep.split(rows)
+        seqs = [
+            self.prepend_cls(self.embed_patches(g.images, ids)) for g, ids in zip(own, ids_keep[1:])
+        ]
+        if ssl_images is not None:
+            seqs.append(self.prepend_cls(self.embed_patches(ssl_images, ids_keep[0])))
+        outs = self._encode(seqs, packed)
+        ssl_out = self.encoder.norm(outs[-1]) if ssl_images is not None else None
+        own_cls = iter(self.encoder.norm(out[:, 0]) for out in outs[: len(own)])
+        sl_cls = [ssl_out[:, 0] if g.images is ssl_images else next(own_cls) for g in groups]
+        ssl_masking = None
+        if ssl_images is not None:
+            ssl_masking = _slice_masking(masking, rows[0])
+        return ssl_out, ssl_masking, sl_cls
+
+    def _sl_groups(self, sl_images: Images, labels: Labels | None) -> list[_SLGroup]:
+        """Normalise (images, labels) into groups of distinct image tensors with their tasks."""
+        if sl_images is None or labels is None:
+            if sl_images is not None or labels is not None:
+                raise ValueError("sl_images and labels must both be given or both be None")
+            return []
+        if isinstance(labels, torch.Tensor):
+            if not isinstance(sl_images, torch.Tensor):
+                raise ValueError("labels is one tensor (task 0), so sl_images must be one tensor")
+            pairs = [(sl_images, 0, labels)]
+        else:
+            if len(labels) != self.num_tasks:
+                raise ValueError(
+                    f"labels must hold one tensor per task ({self.num_tasks}), got {len(labels)}"
+                )
+            images = [sl_images] * len(labels) if isinstance(sl_images, torch.Tensor) else sl_images
+            if len(images) != len(labels):
+                raise ValueError(
+                    f"sl_images must be one tensor or one per task ({len(labels)}), got {len(images)}"
+                )
+            pairs = [(img, k, lab) for k, (img, lab) in enumerate(zip(images, labels))]
+        groups: list[_SLGroup] = []
+        for img, task, lab in pairs:
+            if img.shape[0] == 0:
+                continue
+            group = next((g for g in groups if g.images is img), None)
+            if group is None:
+                group = _SLGroup(img, [], [])
+                groups.append(group)
+            group.tasks.append(task)
+            group.labels.append(lab)
+        return groups
+
+    def _task_weights(
+        self, task_weights: Sequence[float] | None, labels: Labels | None
+    ) -> dict[int, float]:
+        tasks = 1 if labels is None or isinstance(labels, torch.Tensor) else self.num_tasks
+        if task_weights is None:
+            return {k: 1.0 / tasks for k in range(tasks)}
+        if len(task_weights) != tasks:
+            raise ValueError(f"task_weights must have {tasks} entries, got {len(task_weights)}")
+        return dict(enumerate(task_weights))
+
+    def _check_mixed(self, ssl_images, groups, sl_view, mask_ratio, validate) -> None:
+        if sl_view not in SL_VIEWS:
+            raise ValueError(f"sl_view must be one of {SL_VIEWS}, got {sl_view!r}")
+        if ssl_images is None and not groups:
+            raise ValueError("forward_mixed needs a non-empty SSL or SL sub-batch")
+        self._check_mask_ratio(mask_ratio)
+        if ssl_images is not None:
+            self._check_images(ssl_images, "ssl_images")
+        for group in groups:
+            self._check_images(group.images, "sl_images")
+            for task, target in zip(group.tasks, group.labels):
+                if target.shape != group.images.shape[:1] or target.is_floating_point():
+                    raise ValueError(
+                        f"labels of task {task} must be integer class ids of shape "
+                        f"[{group.images.shape[0]}], got {target.dtype} {list(target.shape)}"
+                    )
+                if validate:
+                    self.check_labels(target, task)
+
+    # ----------------------------------------------------------------------------- timm I/O
+
+    def export_timm(self) -> VisionTransformer:
+        """A standalone timm VisionTransformer holding a copy of the encoder and head 0."""
+        return copy.deepcopy(self.encoder)
+
+    def load_timm(self, vit: VisionTransformer | dict[str, torch.Tensor]) -> None:
+        """Load a timm ViT (or its state_dict) of the same config into the encoder and head 0."""
+        state = vit.state_dict() if isinstance(vit, nn.Module) else vit
+        own = self.encoder.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"load_timm: the ViT does not match the encoder config: missing keys {missing}, "
+                f"unexpected keys {unexpected}, shape mismatch {wrong}"
+            )
+        self.encoder.load_state_dict(state)
+
+
+def _slice_masking(masking, rows: int):
+    return type(masking)(*(t[:rows] for t in masking))
+
+
+def _cu_seqlens(shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """int32 [S + 1] start offsets of groups of `b` sequences of length `length`, back to back."""
+    starts, total = [torch.zeros(1, dtype=torch.int32, device=device)], 0
+    for b, length in shapes:
+        ends = torch.arange(1, b + 1, dtype=torch.int32, device=device) * length + total
+        starts.append(ends)
+        total += b * length
+    return torch.cat(starts)
+
+
+def _drop_path_packed(
+    branch: torch.Tensor, module: nn.Module, shapes: list[tuple[int, int]]
+) -> torch.Tensor:
+    """timm's DropPath (one draw per sample) on a packed [T, D] branch: one draw per sequence."""
+    if not isinstance(module, DropPath) or module.drop_prob == 0.0 or not module.training:
+        return branch
+    keep_prob = 1.0 - module.drop_prob
+    keep = [
+        branch.new_empty(b, 1, 1).bernoulli_(keep_prob).expand(b, length, 1).reshape(-1, 1)
+        for b, length in shapes
+    ]
+    keep = torch.cat(keep)
+    if module.scale_by_keep:
+        keep = keep / keep_prob
+    return branch * keep
+
+
+def _attention_packed(
+    attn: nn.Module, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
+) -> torch.Tensor:
+    """timm Attention on a packed [T, D] buffer, with block-diagonal varlen attention."""
+    tokens = x.shape[0]
+    qkv = attn.qkv(x).view(tokens, 3, attn.num_heads, attn.head_dim)
+    q, k, v = qkv.unbind(1)  # [T, H, Dh] each
+    q, k = attn.q_norm(q).to(v.dtype), attn.k_norm(k).to(v.dtype)
+    out = ops.varlen_attention(q, k, v, cu_seqlens, max_seqlen, attn.scale)
+    out = attn.norm(out.reshape(tokens, -1))
+    gate = getattr(attn, "gate", None)  # newer timm: optional sigmoid gate
+    if gate is not None:
+        out = out * gate(x).sigmoid()
+    return attn.proj_drop(attn.proj(out))
+
+
+def _block_packed(
+    block: Block,
+    x: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    shapes: list[tuple[int, int]],
+) -> torch.Tensor:
+    """timm Block.forward on a packed [T, D] buffer (same submodules, same math)."""
+    branch = block.ls1(_attention_packed(block.attn, block.norm1(x), cu_seqlens, max_seqlen))
+    x = x + _drop_path_packed(branch, block.drop_path1, shapes)
+    branch = block.ls2(block.mlp(block.norm2(x)))
+    return x + _drop_path_packed(branch, block.drop_path2, shapes)
+
+
+def create_model(
+    name_or_vit: str | VisionTransformer,
+    *,
+    img_size: int | tuple[int, int] | None = None,
+    patch_size: int | None = None,
+    in_chans: int | None = None,
+    num_classes: int | None = None,
+    decoder_dim: int = 128,
+    decoder_depth: int = 2,
+    decoder_heads: int = 4,
+    norm_pix_loss: bool = False,
+    task_classes: Sequence[int] | None = None,
+    **vit_overrides,
+) -> MixMAE:
+    """Build a MixMAE from a timm ViT name (random init) or an existing VisionTransformer.
+
+    Args:
+        name_or_vit: e.g. "vit_tiny_patch16_224", or a timm VisionTransformer (used as is).
+        img_size, patch_size, in_chans: timm overrides (a name only); the image size must be
+            divisible by the patch size.
+        num_classes: classes of head 0 (default: timm's, 1000 for a name).
+        decoder_dim, decoder_depth, decoder_heads: the MAE decoder (small defaults for small
+            ViTs; MAE's ViT-B uses 512, 8, 16).
+        norm_pix_loss: MAE's per-patch normalised pixel target.
+        task_classes: classes per task for K heads (head 0 first); overrides num_classes.
+        **vit_overrides: other timm kwargs (depth, embed_dim, num_heads, drop_path_rate, ...).
+    """
+    if task_classes is not None:
+        if len(task_classes) < 1 or any(int(c) < 1 for c in task_classes):
+            raise ValueError(
+                f"task_classes must be a non-empty list of ints >= 1, got {task_classes}"
+            )
+        if num_classes is not None and num_classes != task_classes[0]:
+            raise ValueError(
+                f"num_classes ({num_classes}) disagrees with task_classes[0] ({task_classes[0]})"
+            )
+        num_classes = int(task_classes[0])
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if isinstance(name_or_vit, str):
+        vit = _create_vit(name_or_vit, img_size, patch_size, in_chans, num_classes, vit_overrides)
+    else:
+        vit = _adopt_vit(name_or_vit, img_size, patch_size, in_chans, num_classes, vit_overrides)
+    return MixMAE(
+        vit,
+        task_classes=task_classes or [vit.num_classes],
+        decoder_dim=decoder_dim,
+        decoder_depth=decoder_depth,
+        decoder_heads=decoder_heads,
+        norm_pix_loss=norm_pix_loss,
+    )
+
+
+def _create_vit(name, img_size, patch_size, in_chans, num_classes, overrides) -> VisionTransformer:
+    if name not in timm.list_models("vit_*"):
+        raise ValueError(f"name_or_vit {name!r} is not a timm ViT name (timm.list_models('vit_*'))")
+    kwargs = dict(dynamic_img_size=False, class_token=True, global_pool="token")
+    given = dict(
+        img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes
+    )
+    kwargs.update({k: v for k, v in given.items() if v is not None}, **overrides)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _adopt_vit(vit, img_size, patch_size, in_chans, num_classes, overrides) -> VisionTransformer:
+    _check_vit(vit)
+    embed = vit.patch_embed
+    have = dict(
+        img_size=tuple(embed.img_size),
+        patch_size=embed.patch_size[0],
+        in_chans=embed.proj.in_channels,
+    )
+    wanted = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans)
+    for key, value in wanted.items():
+        if value is None:
+            continue
+        value = tuple(value) if key == "img_size" and not isinstance(value, int) else value
+        value = (value, value) if key == "img_size" and isinstance(value, int) else value
+        if value != have[key]:
+            raise ValueError(
+                f"{key}={value} differs from the given ViT's {have[key]}; pass a timm name to "
+                f"build a new one"
+            )
+    if overrides:
+        raise ValueError(f"timm overrides {sorted(overrides)} need a timm name, not an instance")
+    if num_classes is not None and num_classes != vit.num_classes:
+        vit.reset_classifier(num_classes)
+    return vit
+
+
+__all__ = ["MixMAE", "create_model", "sincos_pos_embed"]
