@@ -1,0 +1,162 @@
+"""The MixTraining phase plan: SSL x (E_ssl - M) -> MIX x M -> SL x (E_sl - M).
+
+`M = round(rho * min(E_ssl, E_sl))` (rounded half up). `rho = 0` is the SSL+SL pipeline and
+`E_ssl = 0` is plain supervised training, so the three pipelines share one plan and one trainer.
+Inside the mix phase the SSL weight `a(t)` moves from 1 to 0 (linear or cosine) or stays at a
+constant; step `i` of `n` mix steps uses `t = (i + 0.5) / n`, so no mix step gives an objective
+exactly zero weight (that would waste its sub-batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+PHASES = ("ssl", "mix", "sl")
+TRANSITIONS = ("linear", "cosine", "constant")
+PIPELINES = ("sl", "ssl+sl", "mix")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "ssl" | "mix" | "sl"
+    epochs: int
+    first_epoch: int  # index of its first epoch in the whole plan
+
+
+@dataclass(frozen=True)
+class EpochSpec:
+    index: int  # position in the whole plan
+    phase: str
+    phase_epoch: int  # position inside its phase
+
+
+def _check_int(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+class MixSchedule:
+    """Which phase each epoch is in, the SSL weight a(t), and the sample-pass budget."""
+
+    def __init__(
+        self,
+        ssl_epochs: int,
+        sl_epochs: int,
+        mix_ratio: float = 0.0,
+        transition: str = "linear",
+        alpha_constant: float = 0.5,
+    ) -> None:
+        _check_int("ssl_epochs", ssl_epochs, 0)
+        _check_int("sl_epochs", sl_epochs, 0)
+        if not 0.0 <= float(mix_ratio) <= 1.0:
+            raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio!r}")
+        if transition not in TRANSITIONS:
+            raise ValueError(f"transition must be one of {TRANSITIONS}, got {transition!r}")
+        if not 0.0 <= float(alpha_constant) <= 1.0:
+            raise ValueError(f"alpha_constant must be in [0, 1], got {alpha_constant!r}")
+        self.ssl_epochs = ssl_epochs
+        self.sl_epochs = sl_epochs
+        self.mix_ratio = float(mix_ratio)
+        self.transition = transition
+        self.alpha_constant = float(alpha_constant)
+        self.mix_epochs = math.floor(self.mix_ratio * min(ssl_epochs, sl_epochs) + 0.5)
+
+    @classmethod
+    def for_pipeline(
+        cls,
+        pipeline: str,
+        ssl_epochs: int,
+        sl_epochs: int,
+        mix_ratio: float = 0.0,
+        transition: str = "linear",
+        alpha_constant: float = 0.5,
+    ) -> MixSchedule:
+        """ "sl" drops the SSL epochs, "ssl+sl" drops the mix phase, "mix" keeps mix_ratio."""
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+        if pipeline == "sl":
+            ssl_epochs, mix_ratio = 0, 0.0
+        elif pipeline == "ssl+sl":
+            mix_ratio = 0.0
+        return cls(ssl_epochs, sl_epochs, mix_ratio, transition, alpha_constant)
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        """The non-empty phases in order."""
+        lengths = (
+            ("ssl", self.ssl_epochs - self.mix_epochs),
+            ("mix", self.mix_epochs),
+            ("sl", self.sl_epochs - self.mix_epochs),
+        )
+        phases, first = [], 0
+        for name, epochs in lengths:
+            if epochs > 0:
+                phases.append(Phase(name, epochs, first))
+                first += epochs
+        return tuple(phases)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.ssl_epochs + self.sl_epochs - self.mix_epochs
+
+    def epochs(self) -> list[EpochSpec]:
+        return [
+            EpochSpec(phase.first_epoch + i, phase.name, i)
+            for phase in self.phases
+            for i in range(phase.epochs)
+        ]
+
+    def alpha(self, step: int, num_steps: int) -> float:
+        """SSL weight of mix step `step` (0-based) out of `num_steps` in the mix phase."""
+        if num_steps < 1 or not 0 <= step < num_steps:
+            raise ValueError(f"step must be in [0, {num_steps}), got {step}")
+        if self.transition == "constant":
+            return self.alpha_constant
+        t = (step + 0.5) / num_steps
+        if self.transition == "linear":
+            return 1.0 - t
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def steps_per_epoch(self, phase: str, ssl_steps: int, sl_steps: int) -> int:
+        """Optimizer steps in one epoch of `phase`; a mix epoch runs the longer stream once."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        return {"ssl": ssl_steps, "sl": sl_steps, "mix": max(ssl_steps, sl_steps)}[phase]
+
+    def budget(self, *, ssl_steps: int, sl_steps: int, batch_size: int, tasks: int = 1) -> dict:
+        """Steps and sample-passes of each objective, per phase and in total.
+
+        `ssl_steps` / `sl_steps`: optimizer steps in one pass over the SSL / labeled data;
+        `batch_size`: samples per objective per optimizer step (the effective batch);
+        `tasks`: labeled streams, each contributing `batch_size` SL samples per step.
+        """
+        per_phase = {}
+        for phase in self.phases:
+            steps = phase.epochs * self.steps_per_epoch(phase.name, ssl_steps, sl_steps)
+            per_phase[phase.name] = {
+                "epochs": phase.epochs,
+                "steps": steps,
+                "ssl_samples": steps * batch_size if phase.name != "sl" else 0,
+                "sl_samples": steps * batch_size * tasks if phase.name != "ssl" else 0,
+            }
+        total = {
+            key: sum(p[key] for p in per_phase.values())
+            for key in ("epochs", "steps", "ssl_samples", "sl_samples")
+        }
+        return {"phases": per_phase, "total": total}
+
+    def to_dict(self) -> dict:
+        return {
+            "ssl_epochs": self.ssl_epochs,
+            "sl_epochs": self.sl_epochs,
+            "mix_ratio": self.mix_ratio,
+            "mix_epochs": self.mix_epochs,
+            "transition": self.transition,
+            "alpha_constant": self.alpha_constant,
+            "plan": [(p.name, p.epochs) for p in self.phases],
+        }
+
+    def __repr__(self) -> str:
+        plan = " -> ".join(f"{p.name.upper()} x {p.epochs}" for p in self.phases) or "empty"
+        return f"MixSchedule({plan}, transition={self.transition!r})"

@@ -1,0 +1,108 @@
+"""MixSchedule: the phase plan, a(t) and the sample-pass budget arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mixfast.schedule import MixSchedule
+
+
+def plan(schedule: MixSchedule) -> list[tuple[str, int]]:
+    return [(p.name, p.epochs) for p in schedule.phases]
+
+
+@pytest.mark.parametrize(
+    ("ssl", "sl", "rho", "mix", "expected"),
+    [
+        (10, 10, 0.5, 5, [("ssl", 5), ("mix", 5), ("sl", 5)]),
+        (10, 10, 0.0, 0, [("ssl", 10), ("sl", 10)]),  # rho = 0 is SSL+SL
+        (10, 10, 1.0, 10, [("mix", 10)]),  # rho = 1: everything mixed
+        (8, 4, 1.0, 4, [("ssl", 4), ("mix", 4)]),
+        (0, 6, 0.7, 0, [("sl", 6)]),  # E_ssl = 0 is plain SL
+        (5, 3, 0.5, 2, [("ssl", 3), ("mix", 2), ("sl", 1)]),  # 1.5 rounds half up
+        (7, 9, 0.3, 2, [("ssl", 5), ("mix", 2), ("sl", 7)]),
+    ],
+)
+def test_phase_plan(ssl, sl, rho, mix, expected):
+    schedule = MixSchedule(ssl, sl, rho)
+    assert schedule.mix_epochs == mix
+    assert plan(schedule) == expected
+    assert schedule.total_epochs == ssl + sl - mix
+    epochs = schedule.epochs()
+    assert [e.index for e in epochs] == list(range(schedule.total_epochs))
+    assert [e.phase for e in epochs] == [name for name, n in expected for _ in range(n)]
+
+
+def test_pipelines_share_the_plan():
+    assert plan(MixSchedule.for_pipeline("sl", 10, 6, 0.5)) == [("sl", 6)]
+    assert plan(MixSchedule.for_pipeline("ssl+sl", 10, 6, 0.5)) == [("ssl", 10), ("sl", 6)]
+    assert plan(MixSchedule.for_pipeline("mix", 10, 6, 0.5)) == [
+        ("ssl", 7),
+        ("mix", 3),
+        ("sl", 3),
+    ]
+
+
+@pytest.mark.parametrize("transition", ["linear", "cosine"])
+def test_alpha_goes_from_one_to_zero(transition):
+    schedule = MixSchedule(4, 4, 0.5, transition)
+    n = 10
+    alphas = [schedule.alpha(i, n) for i in range(n)]
+    assert all(a > b for a, b in zip(alphas, alphas[1:]))  # strictly decreasing
+    assert 0.9 < alphas[0] < 1.0 and 0.0 < alphas[-1] < 0.1
+    assert alphas[0] + alphas[-1] == pytest.approx(1.0)  # symmetric about the middle
+    if transition == "linear":
+        assert alphas[3] == pytest.approx(1 - 3.5 / n)
+    else:
+        assert alphas[3] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3.5 / n)))
+
+
+def test_alpha_constant_and_bounds():
+    schedule = MixSchedule(4, 4, 0.5, "constant", alpha_constant=0.3)
+    assert {schedule.alpha(i, 7) for i in range(7)} == {0.3}
+    with pytest.raises(ValueError, match="step"):
+        schedule.alpha(7, 7)
+
+
+def test_budget_arithmetic():
+    schedule = MixSchedule(6, 4, 0.5)  # SSL x 4 -> MIX x 2 -> SL x 2
+    budget = schedule.budget(ssl_steps=30, sl_steps=10, batch_size=8)
+    phases = budget["phases"]
+    assert phases["ssl"] == {"epochs": 4, "steps": 120, "ssl_samples": 960, "sl_samples": 0}
+    # a mix epoch runs the longer stream once; the shorter one cycles
+    assert phases["mix"] == {"epochs": 2, "steps": 60, "ssl_samples": 480, "sl_samples": 480}
+    assert phases["sl"] == {"epochs": 2, "steps": 20, "ssl_samples": 0, "sl_samples": 160}
+    assert budget["total"] == {"epochs": 8, "steps": 200, "ssl_samples": 1440, "sl_samples": 640}
+
+
+def test_budget_same_images_rho_zero_and_multitask():
+    # rho = 0: the SSL+SL budget is E_ssl * N SSL passes and E_sl * N SL passes
+    base = MixSchedule(5, 3, 0.0).budget(ssl_steps=10, sl_steps=10, batch_size=4)
+    assert base["total"]["ssl_samples"] == 5 * 40 and base["total"]["sl_samples"] == 3 * 40
+    # rho = 1 with same images: each mix step is one SSL and one SL pass of the same batch
+    mixed = MixSchedule(3, 3, 1.0).budget(ssl_steps=10, sl_steps=10, batch_size=4)
+    assert mixed["phases"] == {
+        "mix": {"epochs": 3, "steps": 30, "ssl_samples": 120, "sl_samples": 120}
+    }
+    # two tasks: each step takes a batch from each labeled stream
+    tasks = MixSchedule(0, 2).budget(ssl_steps=10, sl_steps=5, batch_size=4, tasks=2)
+    assert tasks["total"] == {"epochs": 2, "steps": 10, "ssl_samples": 0, "sl_samples": 80}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"ssl_epochs": -1, "sl_epochs": 2}, "ssl_epochs"),
+        ({"ssl_epochs": 2, "sl_epochs": 1.5}, "sl_epochs"),
+        ({"ssl_epochs": 2, "sl_epochs": 2, "mix_ratio": 1.5}, "mix_ratio"),
+        ({"ssl_epochs": 2, "sl_epochs": 2, "transition": "step"}, "transition"),
+        ({"ssl_epochs": 2, "sl_epochs": 2, "alpha_constant": -0.1}, "alpha_constant"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        MixSchedule(**kwargs)
+    with pytest.raises(ValueError, match="pipeline"):
+        MixSchedule.for_pipeline("mae", 1, 1)
