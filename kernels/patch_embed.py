@@ -67,8 +67,10 @@ def _patch_embed_fwd_kernel(
     off_a_ptr,  # [B] first row of each image's tokens (HAS_OFF_A), else row = token
     slot_ptr,  # [B*L] slot of each token in the second view, -1 if absent (HAS_SLOT)
     off_b_ptr,  # [B] first row of each image's second view (HAS_SLOT)
-    out_ptr,  # [rows, D] contiguous
+    out_ptr,  # [num_rows, D] contiguous
     num_tokens,
+    num_rows,
+    num_patches,
     length,
     grid_w,
     dim,
@@ -86,8 +88,9 @@ def _patch_embed_fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_t = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
+    # feature blocks of one token tile are neighbours in launch order: its pixels stay in L2
+    pid_d = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1).to(tl.int64)
     tok = pid_t * BLOCK_T + tl.arange(0, BLOCK_T).to(tl.int64)
     tok_mask = tok < num_tokens
     img = tok // length
@@ -99,12 +102,16 @@ def _patch_embed_fwd_kernel(
         row_a = tl.where(base_a >= 0, base_a + j, -1)
     else:
         row_a = tok
-    row_a = tl.where(tok_mask, row_a, -1)
+    # out-of-range patches or rows (possible only on CUDA, where values are not checked to
+    # avoid a host sync) are skipped rather than read or written out of bounds
+    valid = tok_mask & (patch >= 0) & (patch < num_patches)
+    row_a = tl.where(valid & (row_a < num_rows), row_a, -1)
     active = row_a >= 0
     if HAS_SLOT:
         slot = tl.load(slot_ptr + tok, mask=tok_mask, other=-1).to(tl.int64)
         base_b = tl.load(off_b_ptr + img, mask=tok_mask, other=-1).to(tl.int64)
         row_b = tl.where((slot >= 0) & (base_b >= 0), base_b + slot, -1)
+        row_b = tl.where(valid & (row_b < num_rows), row_b, -1)
         active = active | (row_b >= 0)
 
     pix = _patch_pixel_offsets(img, patch, grid_w, stride_b, stride_h, stride_w, PATCH)
@@ -152,6 +159,7 @@ def _patch_embed_bwd_dw_kernel(
     g_ptr,  # [B*L, D] contiguous token gradients
     dw_ptr,  # [SPLIT, D, KDIM] fp32 partials
     num_tokens,
+    num_patches,
     length,
     tokens_per_split,
     grid_w,
@@ -184,6 +192,7 @@ def _patch_embed_bwd_dw_kernel(
         tok = t0 + tl.arange(0, BLOCK_T).to(tl.int64)
         tok_mask = tok < end
         patch = _token_patch(ids_ptr, tok, tok_mask, length, PATCH_FROM_IDS)
+        tok_mask = tok_mask & (patch >= 0) & (patch < num_patches)
         pix = _patch_pixel_offsets(
             tok // length, patch, grid_w, stride_b, stride_h, stride_w, PATCH
         )
@@ -215,16 +224,20 @@ def _block(size: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(size)))
 
 
-def _fwd_config(dim: int, kdim: int) -> dict:
-    if interpreter_on():  # few, large programs: the interpreter pays per program
-        return dict(BLOCK_T=32, BLOCK_D=_block(dim, 16, 64), BLOCK_K=_block(kdim, 16, 64))
-    return dict(
-        BLOCK_T=64,
-        BLOCK_D=_block(dim, 16, 64),
-        BLOCK_K=_block(kdim, 16, 64),
-        num_warps=4,
-        num_stages=3,
-    )
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter runs programs one after another
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _fwd_config(num_tokens: int, dim: int, kdim: int, device: torch.device) -> dict:
+    block_d, block_k = _block(dim, 16, 64), _block(kdim, 16, 64)
+    if interpreter_on():
+        return dict(BLOCK_T=32, BLOCK_D=block_d, BLOCK_K=block_k)
+    # 64-token tiles unless that leaves the GPU with fewer than two programs per SM
+    d_blocks = triton.cdiv(dim, block_d)
+    block_t = 64 if triton.cdiv(num_tokens, 64) * d_blocks >= 2 * _num_sms(device) else 32
+    return dict(BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_K=block_k, num_warps=4, num_stages=3)
 
 
 def _geometry(images: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int, int]:
@@ -255,8 +268,8 @@ def patch_embed_fwd(
     pos_embed = pos_embed.contiguous()
     ids = ids.reshape(-1).contiguous() if ids is not None else None
     slot = slot.reshape(-1).contiguous() if slot is not None else None
-    config = _fwd_config(dim, kdim)
-    grid = (triton.cdiv(num_tokens, config["BLOCK_T"]), triton.cdiv(dim, config["BLOCK_D"]))
+    config = _fwd_config(num_tokens, dim, kdim, images.device)
+    grid = (triton.cdiv(dim, config["BLOCK_D"]), triton.cdiv(num_tokens, config["BLOCK_T"]))
     dummy = out  # never read: the matching constexpr flag is off
     _patch_embed_fwd_kernel[grid](
         images,
@@ -269,6 +282,8 @@ def patch_embed_fwd(
         off_b if off_b is not None else dummy,
         out,
         num_tokens,
+        out.shape[0],
+        pos_embed.shape[0],
         length,
         grid_w,
         dim,
@@ -300,10 +315,10 @@ def masked_patch_embed_fwd(
 
 
 def _num_splits(num_tokens: int, tiles: int, block_t: int, device: torch.device) -> int:
+    """Token chunks for dW: enough programs to fill the GPU, each chunk >= 4 token tiles."""
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    wanted = triton.cdiv(2 * sms, tiles)
+    wanted = triton.cdiv(2 * _num_sms(device), tiles)
     return max(1, min(wanted, triton.cdiv(num_tokens, 4 * block_t)))
 
 
@@ -329,6 +344,7 @@ def patch_embed_bwd_weight(
         grad_tokens,
         partial,
         num_tokens,
+        (images.shape[2] // patch) * grid_w,
         length,
         per_split,
         grid_w,

@@ -11,6 +11,8 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from mixfast import ops
 from mixfast.reference import masked_patch_embed_reference
 
+DTYPE_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
 
 def _inputs(
     batch=2, channels=3, size=16, patch=4, dim=8, keep=5, dtype=torch.float32, device="cpu"
@@ -26,6 +28,40 @@ def _inputs(
 
 def _params(*tensors):
     return [t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def _mix_layout(batch, num_patches, keep):
+    """Row offsets of the mix-step packing: [cls, N patches] x B, then [cls, K kept] x B."""
+    full = torch.arange(batch) * (num_patches + 1) + 1
+    kept = batch * (num_patches + 1) + torch.arange(batch) * (keep + 1) + 1
+    return full, kept, batch * (num_patches + 2 + keep)
+
+
+def packed_oracle(images, weight, bias, pos_embed, ids_keep, full_offsets, keep_offsets, rows):
+    """Independent packed oracle: per image, copy its reference tokens into their rows."""
+    tokens = masked_patch_embed_reference(images, weight, bias, pos_embed)
+    out = tokens.new_zeros(rows, tokens.shape[-1])
+    for b in range(images.shape[0]):
+        if full_offsets is not None and full_offsets[b] >= 0:
+            start = int(full_offsets[b])
+            out = out.index_copy(0, torch.arange(start, start + tokens.shape[1]), tokens[b])
+        if keep_offsets is not None and keep_offsets[b] >= 0:
+            start = int(keep_offsets[b])
+            rows_b = torch.arange(start, start + ids_keep.shape[1])
+            out = out.index_copy(0, rows_b.to(out.device), tokens[b, ids_keep[b]])
+    return out
+
+
+def _assert_op_matches(run, oracle, params, atol=1e-4, rtol=1e-4):
+    """run/oracle take (weight, bias, pos_embed); compares outputs and all three gradients."""
+    got_params, ref_params = _params(*params), _params(*params)
+    out, ref = run(*got_params), oracle(*ref_params)
+    torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad)
+    for got, want in zip(got_params, ref_params):
+        torch.testing.assert_close(got.grad, want.grad, atol=atol, rtol=rtol)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,6 +143,204 @@ def test_autocast_casts_inputs():
     torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
 
 
+PACKED_CASES = ["full+keep", "full", "keep", "skips"]
+
+
+def _packed_case(case, batch, num_patches, keep):
+    full, kept, rows = _mix_layout(batch, num_patches, keep)
+    if case == "full":
+        return full, None, rows
+    if case == "keep":
+        return None, kept - batch * (num_patches + 1), batch * (keep + 1)
+    if case == "skips":  # image 0 has no full view, image 1 no kept view
+        full, kept = full.clone(), kept.clone()
+        full[0], kept[1 % batch] = -1, -1
+    return full, kept, rows
+
+
+@pytest.mark.parametrize("case", PACKED_CASES)
+def test_packed_reference_path(case):
+    images, weight, bias, pos_embed, ids_keep = _inputs(batch=3, dim=40, keep=5)
+    full, kept, rows = _packed_case(case, 3, 16, 5)
+
+    def run(*params):
+        return ops.packed_patch_embed(
+            images, *params, rows, ids_keep=ids_keep, full_offsets=full, keep_offsets=kept
+        )
+
+    oracle = lambda *params: packed_oracle(images, *params, ids_keep, full, kept, rows)
+    _assert_op_matches(run, oracle, (weight, bias, pos_embed))
+
+
+@pytest.mark.parametrize("case", ["full+keep", "keep"])
+def test_packed_opcheck(case):
+    images, weight, bias, pos_embed, ids_keep = _inputs(batch=2)
+    full, kept, rows = _packed_case(case, 2, 16, 5)
+    weight, bias, pos_embed = _params(weight, bias, pos_embed)
+    args = (images, weight, bias, pos_embed, ids_keep, full, kept, rows)
+    torch.library.opcheck(torch.ops.mixfast.packed_patch_embed.default, args)
+
+
+def test_packed_compile_fullgraph_no_recompile_on_batch_change():
+    counter = CompileCounterWithBackend("aot_eager")
+
+    @torch.compile(backend=counter, fullgraph=True)
+    def step(images, weight, bias, pos_embed, ids_keep):
+        batch, num_patches, keep = images.shape[0], pos_embed.shape[0], ids_keep.shape[1]
+        full = torch.arange(batch) * (num_patches + 1) + 1
+        kept = batch * (num_patches + 1) + torch.arange(batch) * (keep + 1) + 1
+        rows = batch * (num_patches + 2 + keep)
+        x = ops.packed_patch_embed(
+            images,
+            weight,
+            bias,
+            pos_embed,
+            rows,
+            ids_keep=ids_keep,
+            full_offsets=full,
+            keep_offsets=kept,
+        )
+        return x.square().mean()
+
+    _, weight, bias, pos_embed, _ = _inputs()
+    weight, bias, pos_embed = _params(weight, bias, pos_embed)
+    for batch in (2, 3, 5):
+        images, *_, ids_keep = _inputs(batch=batch)
+        torch._dynamo.mark_dynamic(images, 0)
+        torch._dynamo.mark_dynamic(ids_keep, 0)
+        loss = step(images, weight, bias, pos_embed, ids_keep)
+        grads = torch.autograd.grad(loss, (weight, bias, pos_embed))
+        ref_params = _params(weight, bias, pos_embed)
+        full, kept, rows = _mix_layout(batch, 16, 5)
+        ref = packed_oracle(images, *ref_params, ids_keep, full, kept, rows).square().mean()
+        torch.testing.assert_close(loss, ref)
+        for got, want in zip(grads, torch.autograd.grad(ref, ref_params)):
+            torch.testing.assert_close(got, want)
+    assert counter.frame_count == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1) against the reference
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def force_triton(monkeypatch):
+    """Run the op bodies on the Triton kernels whatever MIXFAST_BACKEND says outside."""
+    monkeypatch.setenv("MIXFAST_BACKEND", "triton")
+
+
+# (batch, channels, size, patch, dim, keep): C*p*p = 48, 49, 16, 147, 192; odd D; B = 1; K = 1
+TRITON_SHAPES = [
+    (2, 3, 16, 4, 40, 5),
+    (1, 1, 28, 7, 40, 1),
+    (3, 1, 28, 4, 24, 13),
+    (2, 3, 21, 7, 40, 4),
+    (2, 3, 64, 8, 40, 16),
+]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", TRITON_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("with_ids", [True, False], ids=["kept", "all"])
+def test_triton_masked_matches_reference(shape, with_ids, triton_device, force_triton):
+    batch, channels, size, patch, dim, keep = shape
+    images, weight, bias, pos_embed, ids_keep = _inputs(
+        batch, channels, size, patch, dim, keep, device=triton_device
+    )
+    ids_keep = ids_keep if with_ids else None
+    run = lambda *params: ops.masked_patch_embed(images, *params, ids_keep)
+    oracle = lambda *params: masked_patch_embed_reference(images, *params, ids_keep)
+    _assert_op_matches(run, oracle, (weight, bias, pos_embed))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", PACKED_CASES)
+def test_triton_packed_matches_reference(case, triton_device, force_triton):
+    images, weight, bias, pos_embed, ids_keep = _inputs(3, 3, 28, 7, 40, 4, device=triton_device)
+    full, kept, rows = (
+        t if isinstance(t, int) or t is None else t.to(triton_device)
+        for t in _packed_case(case, 3, 16, 4)
+    )
+
+    def run(*params):
+        return ops.packed_patch_embed(
+            images, *params, rows, ids_keep=ids_keep, full_offsets=full, keep_offsets=kept
+        )
+
+    oracle = lambda *params: packed_oracle(images, *params, ids_keep, full, kept, rows)
+    _assert_op_matches(run, oracle, (weight, bias, pos_embed))
+
+
+@pytest.mark.triton
+def test_triton_strided_images_and_int32_ids(triton_device, force_triton):
+    images, weight, bias, pos_embed, ids_keep = _inputs(2, 3, 16, 4, 40, 6, device=triton_device)
+    images = images.to(memory_format=torch.channels_last)
+    ids_keep = ids_keep.int()
+    run = lambda *params: ops.masked_patch_embed(images, *params, ids_keep)
+    oracle = lambda *params: masked_patch_embed_reference(images, *params, ids_keep.long())
+    _assert_op_matches(run, oracle, (weight, bias, pos_embed))
+
+
+@pytest.mark.triton
+def test_triton_kernel_is_the_one_running(triton_device, force_triton):
+    from mixfast.kernels import patch_embed as kernels
+
+    images, weight, bias, pos_embed, ids_keep = _inputs(device=triton_device)
+    direct = kernels.masked_patch_embed_fwd(images, weight, bias, pos_embed, ids_keep)
+    torch.testing.assert_close(
+        direct, masked_patch_embed_reference(images, weight, bias, pos_embed, ids_keep)
+    )
+    torch.testing.assert_close(
+        ops.masked_patch_embed(images, weight, bias, pos_embed, ids_keep), direct, atol=0, rtol=0
+    )
+
+
+@pytest.mark.triton
+def test_triton_op_compiles_fullgraph(triton_device, force_triton):
+    images, weight, bias, pos_embed, ids_keep = _inputs(device=triton_device)
+    step = torch.compile(
+        lambda *a: ops.masked_patch_embed(*a).square().mean(), backend="aot_eager", fullgraph=True
+    )
+    run = lambda *params: step(images, *params, ids_keep)
+    oracle = lambda *params: masked_patch_embed_reference(images, *params, ids_keep).square().mean()
+    _assert_op_matches(run, oracle, (weight, bias, pos_embed))
+
+
+def _error_relative_check(got, ref_lowp, ref_fp32, dtype):
+    """The kernel's error against fp32 is at most ~2x that of the same-precision torch path."""
+    err = (got.float() - ref_fp32).abs().max().item()
+    base = (ref_lowp.float() - ref_fp32).abs().max().item()
+    assert err <= 2 * base + DTYPE_TOL[dtype], (err, base)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "shape", [(64, 3, 64, 8, 192, 16), (8, 3, 224, 16, 192, 49), (4, 1, 28, 7, 40, 7)]
+)
+def test_triton_low_precision_cuda(dtype, shape, force_triton):
+    batch, channels, size, patch, dim, keep = shape
+    inputs = _inputs(batch, channels, size, patch, dim, keep, device="cuda")
+    ids_keep = inputs[-1]
+    fp32 = [t.detach().clone().requires_grad_(True) for t in inputs[1:4]]
+    lowp = [t.to(dtype).requires_grad_(True) for t in inputs[1:4]]
+    mine = [t.to(dtype).requires_grad_(True) for t in inputs[1:4]]
+    images = inputs[0]
+    ref_fp32 = masked_patch_embed_reference(images, *fp32, ids_keep)
+    ref_lowp = masked_patch_embed_reference(images.to(dtype), *lowp, ids_keep)
+    got = ops.masked_patch_embed(images.to(dtype), *mine, ids_keep)
+    _error_relative_check(got, ref_lowp, ref_fp32, dtype)
+    grad = torch.randn_like(ref_fp32)
+    ref_fp32.backward(grad)
+    ref_lowp.backward(grad.to(dtype))
+    got.backward(grad.to(dtype))
+    for m, lo, hi in zip(mine, lowp, fp32):
+        scale = hi.grad.abs().max().item()
+        _error_relative_check(m.grad / scale, lo.grad / scale, hi.grad / scale, dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Input validation
 # ----------------------------------------------------------------------------------------------
@@ -138,3 +372,21 @@ def test_rejects_bad_input(change, match):
     args = change(dict(zip(names, _inputs())))
     with pytest.raises(ValueError, match=match):
         ops.masked_patch_embed(**args)
+
+
+def test_rejects_bad_packed_input():
+    images, weight, bias, pos_embed, ids_keep = _inputs(batch=2)
+    full, kept, rows = _mix_layout(2, 16, 5)
+    call = lambda **kw: ops.packed_patch_embed(images, weight, bias, pos_embed, rows, **kw)
+    with pytest.raises(ValueError, match="give full_offsets, keep_offsets or both"):
+        call(ids_keep=ids_keep)
+    with pytest.raises(ValueError, match="keep_offsets needs ids_keep"):
+        call(keep_offsets=kept)
+    with pytest.raises(ValueError, match=r"full_offsets must have shape \[2\]"):
+        call(full_offsets=full[:1])
+    with pytest.raises(ValueError, match="full_offsets values must be in"):
+        call(full_offsets=full + rows)
+    with pytest.raises(ValueError, match="keep_offsets values must be in"):
+        call(ids_keep=ids_keep, keep_offsets=kept - 10 * rows)
+    with pytest.raises(ValueError, match="total_rows must be >= 0"):
+        ops.packed_patch_embed(images, weight, bias, pos_embed, -1, full_offsets=full)
