@@ -1,0 +1,6 @@
+import sys
+
+from mixfast.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The `mixfast` command, run as `python -m mixfast` in a subprocess on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixfast import cli
+from mixfast.compare import format_table, pareto_front, run_name
+
+TINY = [
+    "--dataset", "synthetic", "--img-size", "16", "--train-limit", "40", "--test-limit", "20",
+    "--depth", "1", "--embed-dim", "32", "--num-heads", "2",
+    "--decoder-dim", "32", "--decoder-depth", "1",
+    "--ssl-epochs", "1", "--sl-epochs", "1", "--batch-size", "16",
+    "--device", "cpu", "--no-compile",
+]  # fmt: skip
+
+
+def mixfast(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    return subprocess.run(
+        [sys.executable, "-m", "mixfast", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+# ------------------------------------------------------------------ in-process: parsing
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "bench", "info"])
+def test_help_for_every_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"mixfast {command}" in capsys.readouterr().out
+
+
+def test_config_yaml_gives_defaults_that_flags_override(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("ssl-epochs: 7\nembed_dim: 48\nfraction: 0.5\n")
+    args = cli.parse_args(["train", "--config", str(config), "--embed-dim", "64"])
+    assert (args.ssl_epochs, args.embed_dim, args.fraction) == (7, 64, 0.5)
+
+
+def test_config_yaml_unknown_key_is_usage_error(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("ssl_epoch: 7\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["train", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert "unknown option 'ssl_epoch'" in capsys.readouterr().err
+
+
+def test_patch_grid_checks():
+    assert cli.default_patch_size(28) == 7
+    assert cli.default_patch_size(64) == 8
+    assert cli.default_patch_size(224) == 16
+    assert cli.default_patch_size(16) == 4
+    with pytest.warns(UserWarning, match="fewer than 16|< 16"):
+        cli.check_patch_grid(28, 14)
+    with pytest.raises(ValueError, match="--patch-size 5 must divide --img-size 28"):
+        cli.check_patch_grid(28, 5)
+
+
+def test_failure_during_training_exits_1(monkeypatch, tmp_path, capsys):
+    import mixfast.trainer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(mixfast.trainer, "train", broken)
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 1
+    assert "failed: RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_table_and_pareto_front():
+    runs = [
+        {"pipeline": p, "fraction": 0.1, "seed": s, "top1": t, "wall_s": w}
+        for p, s, t, w in [
+            ("sl", 0, 0.50, 1.0),
+            ("ssl+sl", 0, 0.60, 4.0),
+            ("mix", 0, 0.70, 2.0),
+            ("ssl+sl", 1, 0.62, 4.0),
+            ("mix", 1, 0.66, 2.0),
+        ]
+    ]
+    table = format_table(runs)
+    assert "2.00x" in table  # ssl+sl wall 4.0 / mix wall 2.0
+    assert "+7.00" in table  # (0.68 - 0.61) in points
+    assert "68.00 ± 2.83" in table
+    assert pareto_front([(r["wall_s"], r["top1"]) for r in runs]) == [(1.0, 0.5), (2.0, 0.7)]
+    assert run_name("ssl+sl", 0.25, 3) == "ssl+sl-f0.25-s3"
+
+
+# ------------------------------------------------------------ subprocess: the real command
+
+
+def test_train_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    proc = mixfast("train", *TINY, "--pipeline", "mix", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("metrics.jsonl", "last.pt", "result.json", "data.json"):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "result.json").read_text())
+    assert 0.0 <= result["top1"] <= 1.0
+    data = json.loads((out / "data.json").read_text())
+    assert data["labeled"] == 40 and data["model_kwargs"]["patch_size"] == 4
+
+
+def test_compare_end_to_end_refuses_overwrite_and_resumes(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", *TINY, "--fractions", "0.5", "--seeds", "3", "--out", str(out)]
+    proc = mixfast(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "Evaluation protocol" in proc.stdout and "mix speedup" in proc.stdout
+    report = json.loads((out / "compare.json").read_text())
+    assert [r["pipeline"] for r in report["runs"]] == ["sl", "ssl+sl", "mix"]
+    for run in report["runs"]:
+        assert run["fraction"] == 0.5 and run["seed"] == 3
+        assert 0.0 <= run["top1"] <= 1.0 and run["wall_s"] > 0
+        assert (out / run_name(run["pipeline"], 0.5, 3) / "result.json").is_file()
+    assert (out / "compare.png").stat().st_size > 1000
+    before = (out / "compare.json").read_bytes()
+
+    again = mixfast(*args)
+    assert again.returncode == 2
+    assert "refusing to overwrite" in again.stderr and "--resume" in again.stderr
+    assert (out / "compare.json").read_bytes() == before
+
+    resumed = mixfast(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("reusing") == 3
+    assert json.loads((out / "compare.json").read_text())["runs"] == report["runs"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--fraction", "0"], "--fraction must be in (0, 1]"),
+        (["--dataset", "imagefolder"], "--dataset imagefolder needs --data-dir"),
+        (["--patch-size", "5"], "--patch-size 5 must divide --img-size 16"),
+        (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+    ],
+)
+def test_train_bad_usage_exits_2(tmp_path, extra, message):
+    out = tmp_path / "run"
+    proc = mixfast("train", *TINY, "--out", str(out), *extra)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not (out / "last.pt").exists()
+
+
+def test_missing_fashion_mnist_exits_2_with_instructions(tmp_path):
+    proc = mixfast("train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert "apt-get install dataset-fashion-mnist" in proc.stderr
+
+
+def test_info_prints_versions():
+    proc = mixfast("info")
+    assert proc.returncode == 0, proc.stderr
+    for key in ("python", "torch.version.cuda", "triton", "timm", "nvcc", "CUDA_HOME", "device"):
+        assert key in proc.stdout
+
+
+def test_bench_runs_pytest_benchmark(tmp_path):
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "bench_tiny.py").write_text(
+        "def test_tiny(benchmark):\n    benchmark(sum, range(10))\n"
+    )
+    proc = mixfast("bench", "--path", str(bench), "--", "-p", "no:cacheprovider",
+                   "-o", "python_files=bench_*.py")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "test_tiny" in proc.stdout
+    missing = mixfast("bench", "--path", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "--path" in missing.stderr
