@@ -269,14 +269,47 @@ class MixMAE(nn.Module):
         if len(seqs) == 1:  # uniform lengths: timm's batched path is the fast one
             return [self.encoder.blocks(seqs[0])]
         shapes = [(s.shape[0], s.shape[1]) for s in seqs]
-        dim = seqs[0].shape[-1]
-        x = torch.cat([s.reshape(-1, dim) for s in seqs])
-        cu_seqlens = _cu_seqlens(shapes, x.device)
+        x = torch.cat([s.reshape(-1, s.shape[-1]) for s in seqs])
+        return self._blocks_packed(x, shapes, _cu_seqlens(shapes, x.device))
+
+    def _blocks_packed(
+        self, x: torch.Tensor, shapes: list[tuple[int, int]], cu_seqlens: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Packed buffer [T, D] of groups of `b` sequences of `length` -> [b, length, D] each."""
         max_seqlen = max(length for _, length in shapes)
         for block in self.encoder.blocks:
             x = _block_packed(block, x, cu_seqlens, max_seqlen, shapes)
         chunks = x.split([b * length for b, length in shapes])
-        return [c.view(b, length, dim) for c, (b, length) in zip(chunks, shapes)]
+        return [c.view(b, length, -1) for c, (b, length) in zip(chunks, shapes)]
+
+    def _encode_shared_packed(
+        self, images: torch.Tensor, ids_keep: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Full view (SL) then kept view (SSL) of the same images, one packed pass.
+
+        `ops.packed_patch_embed` embeds each patch once and writes both views into the token
+        buffer; the cls rows (the first row of every sequence) are filled in here.
+        """
+        batch, kept = ids_keep.shape
+        shapes = [(batch, self.num_patches + 1), (batch, kept + 1)]
+        cu_seqlens = _cu_seqlens(shapes, images.device)
+        starts = cu_seqlens[:-1]
+        vit = self.encoder
+        proj = vit.patch_embed.proj
+        x = ops.packed_patch_embed(
+            images,
+            proj.weight,
+            proj.bias,
+            vit.pos_embed[0, 1:],
+            sum(b * length for b, length in shapes),
+            ids_keep=ids_keep,
+            full_offsets=starts[:batch] + 1,
+            keep_offsets=starts[batch:] + 1,
+        )
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).reshape(1, -1)
+        x = x.to(cls.dtype).index_copy(0, starts.long(), cls.expand(starts.shape[0], -1))
+        x = vit.norm_pre(vit.pos_drop(x))
+        return self._blocks_packed(x, shapes, cu_seqlens)
 
     def encode_separate(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Reference for `encode_packed`: each group through timm's blocks on its own."""
@@ -422,6 +455,14 @@ class MixMAE(nn.Module):
             masking = self._masking(
                 ssl_images.shape[0], mask_ratio, seed, offset, ssl_images.device
             )
+        if (
+            packed
+            and ssl_images is not None
+            and len(groups) == 1
+            and groups[0].images is ssl_images
+        ):
+            sl_out, ssl_out = self._encode_shared_packed(ssl_images, masking.ids_keep)
+            return self.encoder.norm(ssl_out), masking, [self.encoder.norm(sl_out[:, 0])]
         for group in groups:
             tokens = self.embed_patches(group.images)  # [Bs, N, D]
             if ssl_images is not None and group.images is ssl_images:
