@@ -1,0 +1,129 @@
+"""Checkpoints of a mixfast run: `DIR/last.pt`, written atomically, loaded with weights_only.
+
+Layout (a dict; every value is a tensor or plain Python data, so `torch.load(path,
+weights_only=True)` reads it):
+
+    format         "mixfast-checkpoint-1"
+    model          the full MixTraining model's state_dict (encoder under `encoder.*` with
+                   timm's VisionTransformer keys, then the MAE decoder and the heads)
+    optimizer      AdamW state_dict of the current stage ("pretrain" or "finetune")
+    stage          the optimizer stage that `optimizer` belongs to
+    position       {"epoch": index in the plan, "step_in_epoch": optimizer steps done in it,
+                    "global_step": optimizer steps done in total, "micro_step": micro-batches
+                    done in total (it keys the masking offsets), "finished": bool}
+    streams        per data stream {"cycle": passes started, "pos": micro-batches done in the
+                   current pass}: with the seed this fixes the data order exactly
+    rng            {"torch": CPU generator state, "cuda": list of per-GPU states,
+                    "python": random.getstate(), "numpy": numpy's MT19937 state as lists}
+    epoch_state    running sums of the epoch in progress (losses, samples, wall seconds)
+    totals         wall seconds per phase and sample-passes per objective so far
+    config         dataclasses.asdict(TrainConfig)
+    resolved       what the run derived: absolute lrs, effective batch (per device x devices
+                   x accumulation), warmup and total steps per stage, steps per epoch, plan,
+                   budget, world size, device, compile and amp in effect
+
+The encoder alone, for timm: `model.export_timm()` returns a timm VisionTransformer.
+
+    vit = model.export_timm()
+    torch.save(vit.state_dict(), "encoder.pt")       # load with timm.create_model(...).load_state_dict
+    from safetensors.torch import save_file           # if safetensors is installed
+    save_file(vit.state_dict(), "encoder.safetensors")
+
+`export_encoder(model, path)` does exactly that (safetensors when the path ends in
+.safetensors). From a checkpoint: build the model with the run's settings, then
+`load_model_state(model, load_checkpoint(path)["model"])`, which names every missing or
+unexpected key instead of ignoring it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "mixfast-checkpoint-1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `state` to `path` atomically: a temp file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"format": FORMAT, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a mixfast checkpoint (format {FORMAT!r})")
+    return state
+
+
+def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """load_state_dict that fails naming every missing and unexpected key."""
+    result = model.load_state_dict(state_dict, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append("missing keys: " + ", ".join(result.missing_keys))
+    if result.unexpected_keys:
+        problems.append("unexpected keys: " + ", ".join(result.unexpected_keys))
+    if problems:
+        raise ValueError("checkpoint does not match the model; " + "; ".join(problems))
+
+
+def export_encoder(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Save the encoder as a timm VisionTransformer state_dict (.safetensors or torch.save)."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.export_timm().state_dict().items()}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError as err:
+            raise ImportError(
+                "saving .safetensors needs `pip install safetensors`; "
+                "or use a .pt path (torch.save)"
+            ) from err
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
