@@ -22,6 +22,8 @@ Backward, given the per-token gradients G [B, L, D]:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -36,8 +38,10 @@ from mixfast._backend import interpreter_on
 @triton.jit
 def _token_patch(ids_ptr, tok, tok_mask, length, PATCH_FROM_IDS: tl.constexpr):
     if PATCH_FROM_IDS:
-        return tl.load(ids_ptr + tok, mask=tok_mask, other=0).to(tl.int64)
-    return tok % length
+        patch = tl.load(ids_ptr + tok, mask=tok_mask, other=0).to(tl.int64)
+    else:
+        patch = tok % length
+    return patch
 
 
 @triton.jit
@@ -145,10 +149,14 @@ def _patch_embed_fwd_kernel(
         other=0.0,
     ).to(tl.float32)
     y = (acc + bias[None, :] + pos).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + row_a[:, None] * dim + d[None, :], y, mask=(row_a >= 0)[:, None] & d_mask)
+    tl.store(
+        out_ptr + row_a[:, None] * dim + d[None, :], y, mask=(row_a >= 0)[:, None] & d_mask[None, :]
+    )
     if HAS_SLOT:
         tl.store(
-            out_ptr + row_b[:, None] * dim + d[None, :], y, mask=(row_b >= 0)[:, None] & d_mask
+            out_ptr + row_b[:, None] * dim + d[None, :],
+            y,
+            mask=(row_b >= 0)[:, None] & d_mask[None, :],
         )
 
 
@@ -227,7 +235,12 @@ def _block(size: int, low: int, high: int) -> int:
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter runs programs one after another
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _fwd_config(num_tokens: int, dim: int, kdim: int, device: torch.device) -> dict:
@@ -332,6 +345,8 @@ def patch_embed_bwd_weight(
     if num_tokens == 0:
         return torch.zeros_like(weight)
     config = dict(BLOCK_T=32, BLOCK_D=_block(dim, 16, 64), BLOCK_K=_block(kdim, 16, 64))
+    if not interpreter_on():
+        config.update(BLOCK_T=64, num_warps=4, num_stages=3)
     tiles = triton.cdiv(kdim, config["BLOCK_K"]) * triton.cdiv(dim, config["BLOCK_D"])
     splits = _num_splits(num_tokens, tiles, config["BLOCK_T"], images.device)
     per_split = triton.cdiv(triton.cdiv(num_tokens, splits), config["BLOCK_T"]) * config["BLOCK_T"]
