@@ -33,35 +33,19 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from mixfast import ops
-
-try:
-    from mixfast.masking import random_masking
-except ImportError:  # TEMPORARY until the foundation's masking op lands
-
-    class _Masking(NamedTuple):
-        ids_keep: torch.Tensor
-        ids_restore: torch.Tensor
-        mask: torch.Tensor
-
-    def random_masking(
-        batch_size, num_patches, mask_ratio, *, seed, offset=0, device="cpu", sorted_keep=False
-    ):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + offset)
-        noise = torch.rand(batch_size, num_patches, generator=gen).to(device)
-        keep = int(num_patches * (1 - mask_ratio))
-        ids_shuffle = torch.argsort(noise, dim=1)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        mask = torch.ones(batch_size, num_patches, device=device)
-        mask[:, :keep] = 0
-        mask = torch.gather(mask, 1, ids_restore)
-        return _Masking(ids_shuffle[:, :keep], ids_restore, mask)
-
-
+from mixfast.masking import MaskingResult, random_masking
 from mixfast.reference import patchify_images
 
 SL_VIEWS = ("full", "masked")
 Labels = torch.Tensor | Sequence[torch.Tensor]
 Images = torch.Tensor | Sequence[torch.Tensor] | None
+
+
+class _MaskSpec(NamedTuple):
+    mask_ratio: float
+    seed: int | None
+    offset: int
+    masking: MaskingResult | None
 
 
 class _SLGroup(NamedTuple):
@@ -233,9 +217,25 @@ class MixMAE(nn.Module):
 
     # ----------------------------------------------------------------------------- embedding
 
-    def _masking(self, batch: int, mask_ratio: float, seed: int, offset: int, device):
+    def _masking(self, batch: int, spec: _MaskSpec, device: torch.device) -> MaskingResult:
+        """The masks of `batch` samples: `spec.masking` if given, else random_masking(seed)."""
+        if spec.masking is not None:
+            ids_keep, ids_restore, mask = spec.masking
+            if ids_restore.shape != (batch, self.num_patches) or ids_keep.shape[0] != batch:
+                raise ValueError(
+                    f"masking must cover {batch} samples of {self.num_patches} patches, got "
+                    f"ids_keep {list(ids_keep.shape)}, ids_restore {list(ids_restore.shape)}"
+                )
+            return MaskingResult(ids_keep, ids_restore, mask)
+        if spec.seed is None:
+            raise ValueError("pass seed= (and offset=) or a precomputed masking=")
         return random_masking(
-            batch, self.num_patches, mask_ratio, seed=seed, offset=offset, device=device
+            batch,
+            self.num_patches,
+            spec.mask_ratio,
+            seed=spec.seed,
+            offset=spec.offset,
+            device=device,
         )
 
     def embed_patches(
@@ -357,22 +357,39 @@ class MixMAE(nn.Module):
         return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
     def forward_mae(
-        self, images: torch.Tensor, mask_ratio: float = 0.75, *, seed: int, offset: int = 0
+        self,
+        images: torch.Tensor,
+        mask_ratio: float = 0.75,
+        *,
+        seed: int | None = None,
+        offset: int = 0,
+        masking: MaskingResult | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """MAE forward as in models_mae.py: -> (loss, pred [B, N, p*p*C], mask [B, N])."""
         self._check_images(images, "images")
         self._check_mask_ratio(mask_ratio)
-        masking = self._masking(images.shape[0], mask_ratio, seed, offset, images.device)
+        spec = _MaskSpec(mask_ratio, seed, offset, masking)
+        masking = self._masking(images.shape[0], spec, images.device)
         tokens = self.prepend_cls(self.embed_patches(images, masking.ids_keep))
         latent = self.encoder.norm(self.encoder.blocks(tokens))
         pred = self.forward_decoder(latent, masking.ids_restore)
         return self.forward_loss(images, pred, masking.mask), pred, masking.mask
 
     def forward_ssl(
-        self, images: torch.Tensor, mask_ratio: float = 0.75, *, seed: int, offset: int = 0
+        self,
+        images: torch.Tensor,
+        mask_ratio: float = 0.75,
+        *,
+        seed: int | None = None,
+        offset: int = 0,
+        masking: MaskingResult | None = None,
     ) -> torch.Tensor:
-        """Images [B, C, H, W] -> MAE loss; masks from `mixfast.random_masking(seed, offset)`."""
-        return self.forward_mae(images, mask_ratio, seed=seed, offset=offset)[0]
+        """Images [B, C, H, W] -> MAE loss.
+
+        Masks from `mixfast.random_masking(B, N, mask_ratio, seed=seed, offset=offset)`, or the
+        precomputed `masking` (see `forward_mixed` for when that helps under torch.compile).
+        """
+        return self.forward_mae(images, mask_ratio, seed=seed, offset=offset, masking=masking)[0]
 
     # ----------------------------------------------------------------------------- mixed step
 
@@ -384,8 +401,9 @@ class MixMAE(nn.Module):
         *,
         alpha: float | torch.Tensor,
         mask_ratio: float = 0.75,
-        seed: int,
+        seed: int | None = None,
         offset: int = 0,
+        masking: MaskingResult | None = None,
         sl_view: str = "full",
         task_weights: Sequence[float] | None = None,
         packed: bool = True,
@@ -405,6 +423,9 @@ class MixMAE(nn.Module):
                 value does not recompile.
             mask_ratio, seed, offset: the MAE masking (`mixfast.random_masking`). Rows
                 [0, Bm) mask `ssl_images`, as `forward_ssl(ssl_images, ...)` would.
+            masking: precomputed `random_masking(...)` output instead of seed/offset (rows as
+                above). Under torch.compile an int `offset` that changes every step can force a
+                recompile; masks computed outside the compiled function never do.
             sl_view: "full" (SL heads read full images) or "masked" (SL heads read the cls token
                 of the masked view, SupMAE-style: when `sl_images is ssl_images` one encoder
                 pass over the visible patches serves both losses; other SL images are masked
@@ -421,15 +442,11 @@ class MixMAE(nn.Module):
         groups = self._sl_groups(sl_images, labels)
         weights = self._task_weights(task_weights, labels)
         has_ssl = ssl_images is not None and ssl_images.shape[0] > 0
-        self._check_mixed(ssl_images if has_ssl else None, groups, sl_view, mask_ratio, validate)
-        if sl_view == "full":
-            ssl_out, ssl_masking, sl_cls = self._encode_full_view(
-                ssl_images if has_ssl else None, groups, mask_ratio, seed, offset, packed
-            )
-        else:
-            ssl_out, ssl_masking, sl_cls = self._encode_masked_view(
-                ssl_images if has_ssl else None, groups, mask_ratio, seed, offset, packed
-            )
+        ssl_images = ssl_images if has_ssl else None
+        self._check_mixed(ssl_images, groups, sl_view, mask_ratio, validate)
+        spec = _MaskSpec(mask_ratio, seed, offset, masking)
+        encode = self._encode_full_view if sl_view == "full" else self._encode_masked_view
+        ssl_out, ssl_masking, sl_cls = encode(ssl_images, groups, spec, packed)
 
         zero = self.encoder.cls_token.new_zeros(())
         parts = {"ssl": zero}
@@ -448,13 +465,11 @@ class MixMAE(nn.Module):
     def _encode(self, seqs: list[torch.Tensor], packed: bool) -> list[torch.Tensor]:
         return self.encode_packed(seqs) if packed else self.encode_separate(seqs)
 
-    def _encode_full_view(self, ssl_images, groups, mask_ratio, seed, offset, packed):
+    def _encode_full_view(self, ssl_images, groups, spec, packed):
         """SL groups as full sequences, SSL as cls + visible patches, all in one pass."""
         seqs, ssl_tokens, masking = [], None, None
         if ssl_images is not None:
-            masking = self._masking(
-                ssl_images.shape[0], mask_ratio, seed, offset, ssl_images.device
-            )
+            masking = self._masking(ssl_images.shape[0], spec, ssl_images.device)
         if (
             packed
             and ssl_images is not None
@@ -478,12 +493,12 @@ class MixMAE(nn.Module):
         ssl_out = self.encoder.norm(outs[-1]) if ssl_images is not None else None
         return ssl_out, masking, sl_cls
 
-    def _encode_masked_view(self, ssl_images, groups, mask_ratio, seed, offset, packed):
+    def _encode_masked_view(self, ssl_images, groups, spec, packed):
         """Every sequence is cls + visible patches; SL heads read the masked view's cls."""
         first = ssl_images if ssl_images is not None else groups[0].images
         own = [g for g in groups if g.images is not ssl_images]  # SL images needing own masks
         rows = [0 if ssl_images is None else ssl_images.shape[0]] + [g.images.shape[0] for g in own]
-        masking = self._masking(sum(rows), mask_ratio, seed, offset, first.device)
+        masking = self._masking(sum(rows), spec, first.device)
         ids_keep = masking.ids_keep.split(rows)
         seqs = [
             self.prepend_cls(self.embed_patches(g.images, ids)) for g, ids in zip(own, ids_keep[1:])
@@ -582,8 +597,8 @@ class MixMAE(nn.Module):
         self.encoder.load_state_dict(state)
 
 
-def _slice_masking(masking, rows: int):
-    return type(masking)(*(t[:rows] for t in masking))
+def _slice_masking(masking: MaskingResult, rows: int) -> MaskingResult:
+    return MaskingResult(*(t[:rows] for t in masking))
 
 
 def _cu_seqlens(shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:

@@ -6,12 +6,10 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounterWithBackend
 
-from mixfast.models import (
-    _drop_path_packed,
-    create_model,
-    random_masking,  # TEMP
-)
+from mixfast import random_masking
+from mixfast.models import _drop_path_packed, create_model
 
 TINY = dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2)
 DECODER = dict(decoder_dim=16, decoder_depth=1, decoder_heads=2)
@@ -238,6 +236,20 @@ def test_mae_loss_matches_definition(norm_pix_loss, mask_ratio):
     torch.testing.assert_close(loss, expected, atol=ATOL, rtol=1e-5)
 
 
+def test_precomputed_masking_equals_seed_offset():
+    model = tiny_model()
+    x = images(3)
+    masking = random_masking(3, model.num_patches, 0.5, seed=9, offset=1)
+    expected = model.forward_ssl(x, 0.5, seed=9, offset=1)
+    torch.testing.assert_close(model.forward_ssl(x, 0.5, masking=masking), expected)
+    loss, parts = model.forward_mixed(x, None, None, alpha=1.0, mask_ratio=0.5, masking=masking)
+    torch.testing.assert_close(parts["ssl"], expected)
+    with pytest.raises(ValueError, match="masking must cover 2 samples"):
+        model.forward_ssl(x[:2], masking=masking)
+    with pytest.raises(ValueError, match="seed"):
+        model.forward_ssl(x)
+
+
 def test_mae_masks_differ_by_seed_and_offset():
     model = tiny_model()
     x = images(2)
@@ -314,10 +326,12 @@ def test_bad_batches():
 
 def compiled_matches_eager(backend: str) -> None:
     model = tiny_model()
-    step = torch.compile(model.forward_mixed, fullgraph=True, backend=backend)
+    counter = CompileCounterWithBackend(backend)
+    step = torch.compile(model.forward_mixed, fullgraph=True, backend=counter)
     sl, y, other = images(4), labels(4), images(3)
-    for ssl, offset in [(sl, 0), (other, 1), (sl, 2)]:
-        kwargs = dict(alpha=torch.tensor(0.4), seed=5, offset=offset)
+
+    def check(ssl, **kwargs):
+        kwargs.update(alpha=torch.tensor(0.4))
         eager = loss_and_grads(model, ssl, sl, y, **kwargs)
         model.zero_grad(set_to_none=True)
         loss, parts = step(ssl, sl, y, **kwargs)
@@ -325,6 +339,11 @@ def compiled_matches_eager(backend: str) -> None:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         compiled = (loss.detach(), {k: v.detach() for k, v in parts.items()}, grads)
         assert_same_step(compiled, eager, atol=1e-4)
+
+    for offset in range(3):  # precomputed masks: new masks every step, one graph
+        check(sl, masking=random_masking(4, model.num_patches, 0.75, seed=5, offset=offset))
+    assert counter.frame_count == 1
+    check(other, seed=5, offset=3)  # distinct SSL images, masks from seed/offset in the graph
 
 
 def test_forward_mixed_compiles_fullgraph():
