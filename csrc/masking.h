@@ -34,22 +34,21 @@ C10_HOST_DEVICE inline int index_bits(int64_t n) {
   return bits;
 }
 
-C10_HOST_DEVICE inline uint64_t patch_key(uint64_t seed, uint64_t offset, uint32_t sample,
-                                          uint32_t j, int bits) {
+// Keys of patches 2m and 2m + 1 (one Philox block); the second is skipped when 2m + 1 == n.
+C10_HOST_DEVICE inline void patch_key_pair(uint64_t seed, uint64_t offset, uint32_t sample,
+                                           uint32_t m, int64_t n, int bits, uint64_t* keys) {
   // ATen's engine: subsequence fills counter words 2-3, its offset words 0-1.
   at::Philox4_32 philox(seed, /*subsequence=*/offset,
-                        /*offset=*/(static_cast<uint64_t>(sample) << 32) | (j >> 1));
-  uint32_t hi = philox();
-  uint32_t lo = philox();
-  if (j & 1) {
-    hi = philox();
-    lo = philox();
+                        /*offset=*/(static_cast<uint64_t>(sample) << 32) | m);
+  for (uint32_t j = 2 * m; j < 2 * m + 2 && j < n; ++j) {
+    const uint64_t hi = philox();
+    const uint64_t noise = (hi << 32) | philox();
+    keys[j] = ((noise >> bits) << bits) | j;
   }
-  const uint64_t noise = (static_cast<uint64_t>(hi) << 32) | lo;
-  return ((noise >> bits) << bits) | j;
 }
 
-// Position of patch j in the shuffle.
+// Position of patch j in the shuffle, counting (the CUDA kernel's way; the CPU kernel sorts when
+// n is large, which gives the same positions since keys are unique).
 C10_HOST_DEVICE inline int32_t key_rank(const uint64_t* keys, int64_t n, int64_t j) {
   const uint64_t key = keys[j];
   int32_t rank = 0;

@@ -1,10 +1,10 @@
 // CUDA kernel of mixfast::random_masking: one block per sample; the per-patch work is the same
 // inline code as the CPU kernel (masking.h).
 #include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -28,8 +28,8 @@ __global__ void random_masking_kernel(const int64_t* __restrict__ samples, int64
   int64_t* restore_row = ids_restore + b * num_patches;
   float* mask_row = mask + b * num_patches;
 
-  for (int64_t j = threadIdx.x; j < num_patches; j += blockDim.x) {
-    keys[j] = patch_key(seed, offset, sample, static_cast<uint32_t>(j), bits);
+  for (int64_t m = threadIdx.x; 2 * m < num_patches; m += blockDim.x) {
+    patch_key_pair(seed, offset, sample, static_cast<uint32_t>(m), num_patches, bits, keys);
   }
   __syncthreads();
   for (int64_t j = threadIdx.x; j < num_patches; j += blockDim.x) {

@@ -112,7 +112,8 @@ def random_masking_reference(
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(ids_shuffle.shape, dtype=torch.float32, device=sample_ids.device)
     mask[:, :num_keep] = 0
-    return MaskingResult(ids_shuffle[:, :num_keep], ids_restore, mask.gather(1, ids_restore))
+    ids_keep = ids_shuffle[:, :num_keep].contiguous()
+    return MaskingResult(ids_keep, ids_restore, mask.gather(1, ids_restore))
 
 
 # ----------------------------------------------------------------------------------------------
