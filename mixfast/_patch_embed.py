@@ -114,7 +114,8 @@ def _reference_backward(
         index = patch_ids.long().unsqueeze(-1).expand(-1, -1, pixels.shape[-1])
         pixels = torch.gather(pixels, 1, index)  # [B, L, C*p*p]
     grad = grad_tokens.reshape(batch * length, dim).float()
-    grad_weight = grad.t() @ pixels.reshape(batch * length, -1).float()  # [D, C*p*p]
+    pixels = pixels.reshape(batch * length, pixels.shape[-1]).float()
+    grad_weight = grad.t() @ pixels  # [D, C*p*p]
     grad_bias = grad.sum(0)
     if patch_ids is None:
         grad_pos = grad.view(batch, length, dim).sum(0)

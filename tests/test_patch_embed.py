@@ -134,6 +134,25 @@ def test_compile_fullgraph_no_recompile_on_batch_change():
     assert counter.frame_count == 1
 
 
+def _check_empty(batch, keep, device="cpu"):
+    images, weight, bias, pos_embed, ids_keep = _inputs(batch=batch, keep=keep, device=device)
+    weight, bias, pos_embed = _params(weight, bias, pos_embed)
+    out = ops.masked_patch_embed(images, weight, bias, pos_embed, ids_keep)
+    assert out.shape == (batch, keep, 8)
+    offsets = torch.arange(batch, device=device) * (keep + 1) + 1
+    packed = ops.packed_patch_embed(
+        images, weight, bias, pos_embed, batch * (keep + 1), ids_keep=ids_keep, keep_offsets=offsets
+    )
+    assert packed.abs().sum() == 0
+    grads = torch.autograd.grad(out.sum() + packed.sum(), (weight, bias, pos_embed))
+    assert all(g.abs().sum() == 0 for g in grads)
+
+
+@pytest.mark.parametrize("batch,keep", [(0, 3), (2, 0)])
+def test_empty_batch_or_no_kept_patch(batch, keep):
+    _check_empty(batch, keep)
+
+
 def test_autocast_casts_inputs():
     images, weight, bias, pos_embed, ids_keep = _inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -141,6 +160,28 @@ def test_autocast_casts_inputs():
     assert out.dtype == torch.bfloat16
     ref = masked_patch_embed_reference(images, weight, bias, pos_embed, ids_keep)
     torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_autocast_under_compile_keeps_fp32_param_grads():
+    images, weight, bias, pos_embed, ids_keep = _inputs()
+    weight, bias, pos_embed = _params(weight, bias, pos_embed)
+
+    offsets = torch.tensor([0, 5])  # the 2 x 5 kept tokens back to back: rows 0-9
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def step(images, weight, bias, pos_embed, ids_keep, offsets):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kept = ops.masked_patch_embed(images, weight, bias, pos_embed, ids_keep)
+            rows = ops.packed_patch_embed(
+                images, weight, bias, pos_embed, 10, ids_keep=ids_keep, keep_offsets=offsets
+            )
+        return kept, rows
+
+    kept, rows = step(images, weight, bias, pos_embed, ids_keep, offsets)
+    assert kept.dtype == rows.dtype == torch.bfloat16
+    torch.testing.assert_close(rows, kept.reshape(10, 8), atol=0, rtol=0)
+    (kept.float().sum() + rows.float().sum()).backward()
+    assert weight.grad.dtype == torch.float32 and pos_embed.grad.dtype == torch.float32
 
 
 PACKED_CASES = ["full+keep", "full", "keep", "skips"]
@@ -280,6 +321,12 @@ def test_triton_strided_images_and_int32_ids(triton_device, force_triton):
     run = lambda *params: ops.masked_patch_embed(images, *params, ids_keep)
     oracle = lambda *params: masked_patch_embed_reference(images, *params, ids_keep.long())
     _assert_op_matches(run, oracle, (weight, bias, pos_embed))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("batch,keep", [(0, 3), (2, 0)])
+def test_triton_empty_batch_or_no_kept_patch(batch, keep, triton_device, force_triton):
+    _check_empty(batch, keep, triton_device)
 
 
 @pytest.mark.triton
