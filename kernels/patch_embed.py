@@ -15,9 +15,9 @@ Backward, given the per-token gradients G [B, L, D]:
   - dW = X_sel^T @ G in Triton (`_patch_embed_bwd_dw_kernel`): the pixels are again read from the
     images (no X_sel in memory); the token axis is split over programs, each writing an fp32
     partial [D, C*p*p] that torch sums (deterministic, no atomics).
-  - db = sum G and dpos = scatter-add of G rows by patch index: plain torch reductions
-    (`sum`, `index_add_`), an honest composition: they are bandwidth-bound passes over G that
-    torch already runs at memory speed.
+  - dpos = scatter-add of G rows by patch index (a batch sum when every image holds all N
+    patches) and db = dpos summed over patches: plain torch (`index_add_` / `sum`), an honest
+    composition: one bandwidth-bound pass over G that torch already runs at memory speed.
 """
 
 from __future__ import annotations
@@ -381,11 +381,12 @@ def patch_embed_bwd(
     dim, _, patch, grid_w = _geometry(images, weight)
     num_patches = (images.shape[2] // patch) * grid_w
     grad_weight = patch_embed_bwd_weight(grad_tokens, images, weight, ids)
-    grad = grad_tokens.reshape(-1, dim)
-    grad_bias = grad.sum(0, dtype=torch.float32).to(weight.dtype)
     if ids is None:  # every image holds all N patches in order
         grad_pos = grad_tokens.sum(0, dtype=torch.float32)
     else:
+        grad = grad_tokens.reshape(-1, dim).float()
         grad_pos = torch.zeros(num_patches, dim, dtype=torch.float32, device=grad.device)
-        grad_pos.index_add_(0, ids.reshape(-1).long(), grad.float())
-    return grad_weight, grad_bias, grad_pos.to(weight.dtype)
+        grad_pos.index_add_(0, ids.reshape(-1).long(), grad)
+    # every token adds to exactly one pos row, so the bias gradient is their sum: no pass over G
+    grad_bias = grad_pos.sum(0)
+    return grad_weight, grad_bias.to(weight.dtype), grad_pos.to(weight.dtype)
