@@ -24,6 +24,8 @@ bandwidth- and latency-bound: the whole call moves a few tens of MB. So:
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import torch
 import triton
@@ -51,13 +53,14 @@ def _store_tile(base, value, rows, length, stride_t, offs_d, HEAD_DIM: tl.conste
 
 @triton.jit
 def _seq_bounds(cu_seqlens, num_heads):
-    """(sequence start row, length, head) of this program, all int64."""
+    """(first row, head) of this program's sequence as int64, for the global offsets; its length
+    as int32: offsets inside one sequence stay 32-bit (half the registers of 64-bit ones)."""
     pid = tl.program_id(0).to(tl.int64)
     seq = pid // num_heads
     head = pid % num_heads
-    start = tl.load(cu_seqlens + seq).to(tl.int64)
-    end = tl.load(cu_seqlens + seq + 1).to(tl.int64)
-    return start, end - start, head
+    start = tl.load(cu_seqlens + seq)
+    length = tl.load(cu_seqlens + seq + 1) - start
+    return start.to(tl.int64), length, head
 
 
 @triton.jit
@@ -70,7 +73,7 @@ def _varlen_attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     start, length, head = _seq_bounds(CU_SEQLENS, num_heads)
-    m_start = tl.program_id(1).to(tl.int64) * BLOCK_M
+    m_start = tl.program_id(1) * BLOCK_M
     if m_start >= length:
         return
     qk_scale = tl.cast(qk_scale, tl.float32)  # softmax scale * log2(e): exp2 below
@@ -135,7 +138,7 @@ def _varlen_attn_bwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     start, length, head = _seq_bounds(CU_SEQLENS, num_heads)
-    n_start = tl.program_id(1).to(tl.int64) * BLOCK_N
+    n_start = tl.program_id(1) * BLOCK_N
     if n_start >= length:
         return
     softmax_scale = tl.cast(softmax_scale, tl.float32)
@@ -223,16 +226,67 @@ def _tile(max_seqlen: int) -> int:
     return min(max(16, triton.next_power_of_2(max(max_seqlen, 1))), MAX_TILE)
 
 
-def _fwd_config(max_seqlen: int, head_dim: int) -> dict:
-    tile = _tile(max_seqlen)
-    block_n = min(tile, 64 if head_dim <= 64 else 32)
-    return dict(BLOCK_M=tile, BLOCK_N=block_n, num_warps=8 if tile * block_n >= 128 * 64 else 4)
+def _fwd_candidates(tile: int, head_dim: int) -> list[dict]:
+    """Launch configs worth timing; the first is the default (and the interpreter's)."""
+    wide = head_dim <= 64
+    block_m, block_n = min(tile, 128 if wide else 64), min(tile, 64 if wide else 32)
+    return _unique(
+        [
+            dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m * block_n >= 8192 else 4),
+            dict(BLOCK_M=min(tile, 64), BLOCK_N=min(tile, 64 if wide else 32), num_warps=4),
+            dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4),
+        ]
+    )
 
 
-def _bwd_config(max_seqlen: int, head_dim: int) -> dict:
-    tile = _tile(max_seqlen)
+def _bwd_candidates(tile: int, head_dim: int) -> list[dict]:
+    """BLOCK_N (the key tile a program owns) = tile keeps every sequence up to 128 tokens on the
+    one-pass path; the last candidate trades that for smaller, more numerous programs."""
     block_m = min(tile, 32 if head_dim <= 64 else 16)
-    return dict(BLOCK_M=block_m, BLOCK_N=tile, num_warps=8 if tile >= 128 else 4)
+    return _unique(
+        [
+            dict(BLOCK_M=block_m, BLOCK_N=tile, num_warps=8 if tile >= 128 else 4),
+            dict(BLOCK_M=min(tile, 16), BLOCK_N=tile, num_warps=4),
+            dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 64), num_warps=4),
+        ]
+    )
+
+
+def _unique(configs: list[dict]) -> list[dict]:
+    return [c for i, c in enumerate(configs) if c not in configs[:i]]
+
+
+_TUNED: dict[tuple, dict] = {}
+
+
+def tuned_configs() -> dict[str, dict]:
+    """The configs picked so far on this GPU, for benchmark records."""
+    return {" ".join(map(str, key)): config for key, config in _TUNED.items()}
+
+
+def _pick_config(key: tuple, candidates: list[dict], launch, on_gpu: bool) -> dict:
+    """Fastest candidate, timed once per key on the GPU (a handful of compiles: seconds);
+    the first candidate under the interpreter, during CUDA-graph capture or with
+    MIXFAST_AUTOTUNE=0."""
+    if key in _TUNED:
+        return _TUNED[key]
+    if (
+        not on_gpu
+        or len(candidates) == 1
+        or os.environ.get("MIXFAST_AUTOTUNE", "1") == "0"
+        or torch.cuda.is_current_stream_capturing()
+    ):
+        return candidates[0]
+    from triton.testing import do_bench
+
+    timings = []
+    for config in candidates:
+        try:
+            timings.append((do_bench(lambda c=config: launch(c), warmup=2, rep=10), config))
+        except Exception as exc:  # e.g. out of shared memory on this GPU: not a candidate here
+            warnings.warn(f"mixfast attention: config {config} failed: {exc}", stacklevel=3)
+    _TUNED[key] = min(timings, key=lambda t: t[0])[1] if timings else candidates[0]
+    return _TUNED[key]
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -245,10 +299,14 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _run_config(config: dict, interpret: bool) -> dict:
-    """Launch options: num_warps/num_stages only mean something on a GPU."""
+    """Launch options: num_warps only means something on a GPU."""
     if interpret:
         return {k: v for k, v in config.items() if k.startswith("BLOCK")}
     return config
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
 
 
 def varlen_attn_fwd(
@@ -267,16 +325,21 @@ def varlen_attn_fwd(
     num_seqs = cu_seqlens.shape[0] - 1
     if total == 0 or num_seqs == 0 or max_seqlen == 0:
         return out, lse
-    config = _fwd_config(max_seqlen, head_dim)
-    grid = (num_seqs * heads, triton.cdiv(max_seqlen, config["BLOCK_M"]))
-    _varlen_attn_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0),
-        heads, softmax_scale * LOG2E,
-        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        INPUT_PRECISION=_precision(q.dtype), **_run_config(config, not q.is_cuda),
-    )  # fmt: skip
+
+    def launch(config: dict) -> None:
+        grid = (num_seqs * heads, triton.cdiv(max_seqlen, config["BLOCK_M"]))
+        _varlen_attn_fwd_kernel[grid](
+            q, k, v, out, lse, cu_seqlens,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), lse.stride(0),
+            heads, softmax_scale * LOG2E,
+            HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), INPUT_PRECISION=_precision(q.dtype),
+            **_run_config(config, not q.is_cuda),
+        )  # fmt: skip
+
+    tile = _tile(max_seqlen)
+    key = ("fwd", tile, head_dim, q.dtype, q.device)
+    launch(_pick_config(key, _fwd_candidates(tile, head_dim), launch, q.is_cuda))
     return out, lse
 
 
@@ -300,16 +363,21 @@ def varlen_attn_bwd(
     num_seqs = cu_seqlens.shape[0] - 1
     if total == 0 or num_seqs == 0 or max_seqlen == 0:
         return dq, dk, dv
-    config = _bwd_config(max_seqlen, head_dim)
-    grid = (num_seqs * heads, triton.cdiv(max_seqlen, config["BLOCK_N"]))
-    _varlen_attn_bwd_kernel[grid](
-        q, k, v, out, grad_out, lse, dq, dk, dv, cu_seqlens,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1),
-        dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        lse.stride(0),
-        heads, softmax_scale,
-        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        INPUT_PRECISION=_precision(q.dtype), **_run_config(config, not q.is_cuda),
-    )  # fmt: skip
+
+    def launch(config: dict) -> None:
+        grid = (num_seqs * heads, triton.cdiv(max_seqlen, config["BLOCK_N"]))
+        _varlen_attn_bwd_kernel[grid](
+            q, k, v, out, grad_out, lse, dq, dk, dv, cu_seqlens,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), grad_out.stride(0), grad_out.stride(1),
+            dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            lse.stride(0),
+            heads, softmax_scale,
+            HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim), INPUT_PRECISION=_precision(q.dtype),
+            **_run_config(config, not q.is_cuda),
+        )  # fmt: skip
+
+    tile = _tile(max_seqlen)
+    key = ("bwd", tile, head_dim, q.dtype, q.device)
+    launch(_pick_config(key, _bwd_candidates(tile, head_dim), launch, q.is_cuda))
     return dq, dk, dv

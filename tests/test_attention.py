@@ -208,6 +208,22 @@ def test_kernel_matches_reference_fp32(lengths, heads, head_dim, triton_device):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("candidate", [0, 1, 2])
+def test_every_tuning_candidate_is_correct(candidate, triton_device, monkeypatch):
+    """The GPU autotuner may pick any candidate config: each must be exact, on both the
+    one-pass path (70, 40, 1 tokens) and the tiled fallback (150 tokens)."""
+    from mixfast.kernels import attention
+
+    def pick(key, candidates, launch, on_gpu):
+        return candidates[min(candidate, len(candidates) - 1)]
+
+    monkeypatch.setattr(attention, "_pick_config", pick)
+    got, want = _kernel_and_reference([150, 40, 1, 70], 1, 32, triton_device)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.triton
 def test_kernel_300_sequences_in_one_call(triton_device):
     lengths = torch.randint(0, 24, (300,), generator=torch.Generator().manual_seed(1)).tolist()
     lengths[7] = 1
