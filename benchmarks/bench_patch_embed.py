@@ -103,7 +103,7 @@ def impl_timm(x: dict, view: str) -> Callable:
     """timm PatchEmbed (run with the benchmark's weight and bias) + pos add + gather/scatter."""
     from timm.layers import PatchEmbed
 
-    embed = PatchEmbed(x["size"], x["patch"], CHANNELS, DIM, device=x["images"].device)
+    embed = PatchEmbed(x["size"], x["patch"], CHANNELS, DIM).to(x["images"].device)
     images, ids = x["images"], x["ids_keep"]
     gather_index = ids[..., None].expand(-1, -1, DIM)
     full_rows = _rows(x["full_offsets"], x["num_patches"])

@@ -44,11 +44,12 @@ def packed_oracle(images, weight, bias, pos_embed, ids_keep, full_offsets, keep_
     for b in range(images.shape[0]):
         if full_offsets is not None and full_offsets[b] >= 0:
             start = int(full_offsets[b])
-            out = out.index_copy(0, torch.arange(start, start + tokens.shape[1]), tokens[b])
+            rows_b = torch.arange(start, start + tokens.shape[1], device=out.device)
+            out = out.index_copy(0, rows_b, tokens[b])
         if keep_offsets is not None and keep_offsets[b] >= 0:
             start = int(keep_offsets[b])
-            rows_b = torch.arange(start, start + ids_keep.shape[1])
-            out = out.index_copy(0, rows_b.to(out.device), tokens[b, ids_keep[b]])
+            rows_b = torch.arange(start, start + ids_keep.shape[1], device=out.device)
+            out = out.index_copy(0, rows_b, tokens[b, ids_keep[b]])
     return out
 
 
@@ -267,8 +268,11 @@ def test_packed_compile_fullgraph_no_recompile_on_batch_change():
 
 @pytest.fixture
 def force_triton(monkeypatch):
-    """Run the op bodies on the Triton kernels whatever MIXFAST_BACKEND says outside."""
+    """Run the op bodies on the Triton kernels whatever MIXFAST_BACKEND says outside, against
+    an fp32 reference that does not use TF32 (cuDNN convs do by default)."""
     monkeypatch.setenv("MIXFAST_BACKEND", "triton")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
 # (batch, channels, size, patch, dim, keep): C*p*p = 48, 49, 16, 147, 192; odd D; B = 1; K = 1
