@@ -105,10 +105,12 @@ MaskingOutputs random_masking_cpu(const at::Tensor& sample_ids, int64_t num_patc
 
 }  // namespace
 
+// seed and offset are SymInts so that torch.compile keeps a changing step number (the offset)
+// symbolic instead of recompiling for each value.
 TORCH_LIBRARY(mixfast, m) {
   m.def(
-      "random_masking(Tensor sample_ids, int num_patches, float mask_ratio, int seed, int offset, "
-      "bool sorted_keep) -> (Tensor ids_keep, Tensor ids_restore, Tensor mask)");
+      "random_masking(Tensor sample_ids, int num_patches, float mask_ratio, SymInt seed, "
+      "SymInt offset, bool sorted_keep) -> (Tensor ids_keep, Tensor ids_restore, Tensor mask)");
 }
 
 TORCH_LIBRARY_IMPL(mixfast, CPU, m) {

@@ -166,7 +166,11 @@ def implementation(device: torch.device | str = "cpu") -> str:
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, torch.SymInt))
+        or not low <= value < high
+    ):
         raise ValueError(f"{name} must be an int in [{low}, {high}), got {value!r}")
     return value
 

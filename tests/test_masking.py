@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 import mixfast
 from mixfast import _extension, masking
@@ -376,10 +377,13 @@ def test_compile_fullgraph(monkeypatch, use_extension):
         return x.gather(1, ids_keep[..., None].expand(-1, -1, dim)), mask
 
     torch._dynamo.reset()
-    compiled = torch.compile(visible_tokens, fullgraph=True, backend="aot_eager")
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(visible_tokens, fullgraph=True, backend=counter)
     x = torch.randn(3, 16, 4)
-    got, want = compiled(x, 2), visible_tokens(x, 2)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for step in range(4):
+        got, want = compiled(x, step), visible_tokens(x, step)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert counter.frame_count <= 2  # the step stays symbolic after one recompile
 
 
 # ----------------------------------------------------------------------------------------------
