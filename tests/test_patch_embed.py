@@ -111,6 +111,18 @@ def test_opcheck(with_ids):
     torch.library.opcheck(torch.ops.mixfast.masked_patch_embed.default, args)
 
 
+def _opcheck_backward_op(device="cpu"):
+    images, weight, _, _, ids_keep = _inputs(device=device)
+    for ids, length in ((ids_keep, ids_keep.shape[1]), (None, 16)):
+        grad = torch.randn(images.shape[0], length, weight.shape[0], device=device)
+        args = (grad, images, weight, ids)
+        torch.library.opcheck(torch.ops.mixfast.patch_embed_backward.default, args)
+
+
+def test_backward_op_opcheck():
+    _opcheck_backward_op()
+
+
 def test_compile_fullgraph_no_recompile_on_batch_change():
     counter = CompileCounterWithBackend("aot_eager")
 
@@ -331,6 +343,20 @@ def test_triton_strided_images_and_int32_ids(triton_device, force_triton):
 @pytest.mark.parametrize("batch,keep", [(0, 3), (2, 0)])
 def test_triton_empty_batch_or_no_kept_patch(batch, keep, triton_device, force_triton):
     _check_empty(batch, keep, triton_device)
+
+
+@pytest.mark.triton
+def test_triton_ops_opcheck(triton_device, force_triton):
+    images, weight, bias, pos_embed, ids_keep = _inputs(device=triton_device)
+    full, kept, rows = _mix_layout(2, 16, 5)
+    full, kept = full.to(triton_device), kept.to(triton_device)
+    weight, bias, pos_embed = _params(weight, bias, pos_embed)
+    torch.library.opcheck(
+        torch.ops.mixfast.masked_patch_embed.default, (images, weight, bias, pos_embed, ids_keep)
+    )
+    packed_args = (images, weight, bias, pos_embed, ids_keep, full, kept, rows)
+    torch.library.opcheck(torch.ops.mixfast.packed_patch_embed.default, packed_args)
+    _opcheck_backward_op(triton_device)
 
 
 @pytest.mark.triton
