@@ -208,8 +208,8 @@ def test_kernel_matches_reference_fp32(lengths, heads, head_dim, triton_device):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("candidate", [0, 1, 2])
-def test_every_tuning_candidate_is_correct(candidate, triton_device, monkeypatch):
+@pytest.mark.parametrize("head_dim, candidate", [(32, 0), (32, 1), (32, 2), (128, 0), (128, 1)])
+def test_every_tuning_candidate_is_correct(head_dim, candidate, triton_device, monkeypatch):
     """The GPU autotuner may pick any candidate config: each must be exact, on both the
     one-pass path (70, 40, 1 tokens) and the tiled fallback (150 tokens)."""
     from mixfast.kernels import attention
@@ -218,7 +218,7 @@ def test_every_tuning_candidate_is_correct(candidate, triton_device, monkeypatch
         return candidates[min(candidate, len(candidates) - 1)]
 
     monkeypatch.setattr(attention, "_pick_config", pick)
-    got, want = _kernel_and_reference([150, 40, 1, 70], 1, 32, triton_device)
+    got, want = _kernel_and_reference([150, 40, 1, 70], 1, head_dim, triton_device)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5)
 
