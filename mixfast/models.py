@@ -37,6 +37,7 @@ from mixfast.masking import MaskingResult, random_masking
 from mixfast.reference import patchify_images
 
 SL_VIEWS = ("full", "masked")
+PACKED_ATTENTION = ("auto", "varlen", "sdpa")
 Labels = torch.Tensor | Sequence[torch.Tensor]
 Images = torch.Tensor | Sequence[torch.Tensor] | None
 
@@ -123,6 +124,7 @@ class MixMAE(nn.Module):
         decoder_depth: int = 2,
         decoder_heads: int = 4,
         norm_pix_loss: bool = False,
+        packed_attention: str = "auto",
     ) -> None:
         super().__init__()
         _check_vit(vit)
@@ -138,6 +140,8 @@ class MixMAE(nn.Module):
         self.encoder = vit
         self.task_classes = [int(c) for c in task_classes]
         self.norm_pix_loss = norm_pix_loss
+        self.packed_attention = packed_attention
+        self._use_varlen(vit.cls_token)  # validates packed_attention
         self.patch_size = vit.patch_embed.patch_size[0]
         self.grid_size = tuple(vit.patch_embed.grid_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
@@ -276,11 +280,25 @@ class MixMAE(nn.Module):
         self, x: torch.Tensor, shapes: list[tuple[int, int]], cu_seqlens: torch.Tensor
     ) -> list[torch.Tensor]:
         """Packed buffer [T, D] of groups of `b` sequences of `length` -> [b, length, D] each."""
-        max_seqlen = max(length for _, length in shapes)
+        layout = PackedLayout(
+            shapes, cu_seqlens, max(length for _, length in shapes), self._use_varlen(x)
+        )
         for block in self.encoder.blocks:
-            x = _block_packed(block, x, cu_seqlens, max_seqlen, shapes)
+            x = _block_packed(block, x, layout)
         chunks = x.split([b * length for b, length in shapes])
         return [c.view(b, length, -1) for c, (b, length) in zip(chunks, shapes)]
+
+    def _use_varlen(self, x: torch.Tensor) -> bool:
+        """Packed attention: "varlen" (one ops.varlen_attention launch: the Triton kernel on
+        CUDA) or "sdpa" (one SDPA per group of equal-length sequences: faster on CPU, where
+        varlen_attention is the reference); "auto" picks varlen for CUDA tensors."""
+        if self.packed_attention not in PACKED_ATTENTION:
+            raise ValueError(
+                f"packed_attention must be one of {PACKED_ATTENTION}, got {self.packed_attention!r}"
+            )
+        if self.packed_attention == "auto":
+            return x.is_cuda
+        return self.packed_attention == "varlen"
 
     def _encode_shared_packed(
         self, images: torch.Tensor, ids_keep: torch.Tensor
@@ -611,6 +629,15 @@ def _cu_seqlens(shapes: list[tuple[int, int]], device: torch.device) -> torch.Te
     return torch.cat(starts)
 
 
+class PackedLayout(NamedTuple):
+    """Where the sequences of a packed buffer [T, D] are: groups of b sequences of one length."""
+
+    shapes: list[tuple[int, int]]  # (b, length) per group, back to back
+    cu_seqlens: torch.Tensor  # int32 [S + 1]
+    max_seqlen: int
+    varlen: bool  # attention by ops.varlen_attention (else SDPA per group)
+
+
 def _drop_path_packed(
     branch: torch.Tensor, module: nn.Module, shapes: list[tuple[int, int]]
 ) -> torch.Tensor:
@@ -628,15 +655,16 @@ def _drop_path_packed(
     return branch * keep
 
 
-def _attention_packed(
-    attn: nn.Module, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
-) -> torch.Tensor:
-    """timm Attention on a packed [T, D] buffer, with block-diagonal varlen attention."""
+def _attention_packed(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """timm Attention on a packed [T, D] buffer; each sequence attends only to itself."""
     tokens = x.shape[0]
     qkv = attn.qkv(x).view(tokens, 3, attn.num_heads, attn.head_dim)
     q, k, v = qkv.unbind(1)  # [T, H, Dh] each
     q, k = attn.q_norm(q).to(v.dtype), attn.k_norm(k).to(v.dtype)
-    out = ops.varlen_attention(q, k, v, cu_seqlens, max_seqlen, attn.scale)
+    if layout.varlen:
+        out = ops.varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, attn.scale)
+    else:
+        out = _grouped_attention(q, k, v, layout.shapes, attn.scale)
     out = attn.norm(out.reshape(tokens, -1))
     gate = getattr(attn, "gate", None)  # newer timm: optional sigmoid gate
     if gate is not None:
@@ -644,18 +672,30 @@ def _attention_packed(
     return attn.proj_drop(attn.proj(out))
 
 
-def _block_packed(
-    block: Block,
-    x: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
+def _grouped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
     shapes: list[tuple[int, int]],
+    scale: float,
 ) -> torch.Tensor:
+    """Block-diagonal attention as one SDPA per group of equal-length sequences: [T, H, Dh]."""
+    sizes = [b * length for b, length in shapes]
+    outs = []
+    for (b, length), qg, kg, vg in zip(shapes, q.split(sizes), k.split(sizes), v.split(sizes)):
+        # [b * L, H, Dh] -> [b, H, L, Dh]
+        qg, kg, vg = (t.view(b, length, *t.shape[1:]).transpose(1, 2) for t in (qg, kg, vg))
+        out = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
+        outs.append(out.transpose(1, 2).reshape(b * length, *q.shape[1:]))
+    return torch.cat(outs)
+
+
+def _block_packed(block: Block, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
     """timm Block.forward on a packed [T, D] buffer (same submodules, same math)."""
-    branch = block.ls1(_attention_packed(block.attn, block.norm1(x), cu_seqlens, max_seqlen))
-    x = x + _drop_path_packed(branch, block.drop_path1, shapes)
+    branch = block.ls1(_attention_packed(block.attn, block.norm1(x), layout))
+    x = x + _drop_path_packed(branch, block.drop_path1, layout.shapes)
     branch = block.ls2(block.mlp(block.norm2(x)))
-    return x + _drop_path_packed(branch, block.drop_path2, shapes)
+    return x + _drop_path_packed(branch, block.drop_path2, layout.shapes)
 
 
 def create_model(
@@ -670,6 +710,7 @@ def create_model(
     decoder_heads: int = 4,
     norm_pix_loss: bool = False,
     task_classes: Sequence[int] | None = None,
+    packed_attention: str = "auto",
     **vit_overrides,
 ) -> MixMAE:
     """Build a MixMAE from a timm ViT name (random init) or an existing VisionTransformer.
@@ -683,6 +724,8 @@ def create_model(
             ViTs; MAE's ViT-B uses 512, 8, 16).
         norm_pix_loss: MAE's per-patch normalised pixel target.
         task_classes: classes per task for K heads (head 0 first); overrides num_classes.
+        packed_attention: "auto" | "varlen" | "sdpa", attention of the packed mixed step
+            (see MixMAE._use_varlen); also settable later as `model.packed_attention`.
         **vit_overrides: other timm kwargs (depth, embed_dim, num_heads, drop_path_rate, ...).
     """
     if task_classes is not None:
@@ -708,6 +751,7 @@ def create_model(
         decoder_depth=decoder_depth,
         decoder_heads=decoder_heads,
         norm_pix_loss=norm_pix_loss,
+        packed_attention=packed_attention,
     )
 
 
