@@ -9,6 +9,7 @@ from timm.layers import PatchEmbed
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from mixfast import ops
+from mixfast._backend import interpreter_on
 from mixfast.reference import masked_patch_embed_reference
 
 DTYPE_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
@@ -382,6 +383,65 @@ def test_triton_op_compiles_fullgraph(triton_device, force_triton):
     run = lambda *params: step(images, *params, ids_keep)
     oracle = lambda *params: masked_patch_embed_reference(images, *params, ids_keep).square().mean()
     _assert_op_matches(run, oracle, (weight, bias, pos_embed))
+
+
+_INT_ARGS = (
+    "num_tokens num_rows num_patches length tokens_per_split grid_w dim kdim "
+    "stride_b stride_c stride_h"
+).split()
+
+
+def _compile_for_sm90(kernel, dtype: str, constexprs: dict) -> str:
+    """PTX of `kernel` compiled offline for sm_90 (no GPU needed), args specialized as a real
+    launch on contiguous images would be (stride_w = 1, strides and pointers 16-aligned)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    constexprs = dict(constexprs, stride_w=1)
+    types = {n: "i32" for n in _INT_ARGS}
+    types.update(ids_ptr="*i64", off_a_ptr="*i64", slot_ptr="*i64", off_b_ptr="*i64")
+    types.update(dw_ptr="*fp32")
+    signature = {n: "constexpr" if n in constexprs else types.get(n, f"*{dtype}") for n in names}
+    aligned = [
+        n for n in names if n.endswith("_ptr") or n.startswith("stride") or n in ("dim", "kdim")
+    ]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned if n not in constexprs}
+    source = ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs={(names.index(n),): v for n, v in constexprs.items()},
+        attrs=attrs,
+    )
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3)
+    )
+    return compiled.asm["ptx"]
+
+
+@pytest.mark.parametrize(
+    "kernel,dtype,flags",
+    [
+        ("fwd", "bf16", dict(PATCH=16, PATCH_FROM_IDS=True, HAS_OFF_A=False, HAS_SLOT=False)),
+        ("fwd", "fp16", dict(PATCH=8, PATCH_FROM_IDS=False, HAS_OFF_A=True, HAS_SLOT=True)),
+        ("fwd", "fp32", dict(PATCH=7, PATCH_FROM_IDS=True, HAS_OFF_A=True, HAS_SLOT=False)),
+        ("dw", "bf16", dict(PATCH=16, PATCH_FROM_IDS=True)),
+        ("dw", "fp32", dict(PATCH=4, PATCH_FROM_IDS=False)),
+    ],
+)
+def test_kernels_compile_for_sm90_with_tensor_cores(kernel, dtype, flags):
+    """The interpreter runs no GPU compiler: this catches kernels that would not compile."""
+    if interpreter_on():
+        pytest.skip("the compiler is not used under TRITON_INTERPRET=1")
+    pytest.importorskip("triton.backends.nvidia")
+    from mixfast.kernels import patch_embed as kernels
+
+    fn = kernels._patch_embed_fwd_kernel if kernel == "fwd" else kernels._patch_embed_bwd_dw_kernel
+    blocks = dict(BLOCK_T=64, BLOCK_D=64, BLOCK_K=64, IEEE=dtype == "fp32")
+    ptx = _compile_for_sm90(fn, dtype, dict(flags, **blocks))
+    if dtype != "fp32":  # bf16/fp16 must run on the tensor cores (Hopper: wgmma)
+        assert "wgmma.mma_async" in ptx
 
 
 def _error_relative_check(got, ref_lowp, ref_fp32, dtype):
