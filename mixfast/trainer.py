@@ -77,6 +77,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from mixfast import checkpoint as ckpt
+from mixfast.masking import random_masking
 from mixfast.optim import make_adamw, set_lr, warmup_cosine
 from mixfast.schedule import PIPELINES, TRANSITIONS, MixSchedule
 
@@ -633,6 +634,10 @@ class MixTrainer:
         self._alphas: torch.Tensor | None = None
         self._val_memory: dict[int, _InMemory] = {}
         self._mixed_kwargs = self._mixed_extra_kwargs()
+        self._precompute_masks = hasattr(self.model, "num_patches") and all(
+            "masking" in inspect.signature(f).parameters
+            for f in (self.model.forward_ssl, self.model.forward_mixed)
+        )
 
     def _build_model(self, model, sl_data) -> nn.Module:
         if isinstance(model, nn.Module) and hasattr(model, "forward_mixed"):
@@ -683,6 +688,29 @@ class MixTrainer:
                 ssl_steps=ssl_steps, sl_steps=sl_steps, batch_size=eff, tasks=tasks
             ),
         }
+
+    def _mask(self, phase: str, batch: dict[str, Any]) -> Any:
+        """The MAE masks of this micro-batch, keyed by its index in the global batch order.
+
+        Micro-batch m of this rank is global micro-batch m * W + r, the same one a single
+        process meets at index m * W + r, so DDP and one process mask every sample alike.
+        """
+        offset = self.micro_step * self.dist.world + self.dist.rank
+        if phase == "sl" or not self._precompute_masks:
+            return offset
+        ssl = batch["ssl"]
+        rows = ssl.shape[0]
+        if phase == "mix" and self.config.sl_view == "masked":  # SL images with their own masks
+            own = {id(x): x.shape[0] for x, _ in batch["sl"] if x is not ssl}
+            rows += sum(own.values())
+        return random_masking(
+            rows,
+            self.model.num_patches,
+            self.config.mask_ratio,
+            seed=self.config.seed,
+            offset=offset,
+            device=ssl.device,
+        )
 
     def _mixed_extra_kwargs(self) -> dict[str, Any]:
         params = inspect.signature(self.model.forward_mixed).parameters
@@ -835,10 +863,10 @@ class MixTrainer:
         cfg = self.config
         for micro in range(cfg.accum_steps):
             batch = self._next_batch(phase, streams)
-            offset = self.micro_step * self.dist.world + self.dist.rank
+            mask = self._mask(phase, batch)
             sync = micro == cfg.accum_steps - 1 or not self.dist.enabled
             with contextlib.nullcontext() if sync else net.no_sync(), self._autocast():
-                loss, parts = fn(net, batch, self._alpha(phase), offset)
+                loss, parts = fn(net, batch, self._alpha(phase), mask)
             (loss / cfg.accum_steps).backward()
             self.micro_step += 1
             self._accumulate(loss, parts)
@@ -972,7 +1000,7 @@ class MixTrainer:
                 batch["sl"].append((s.normalize(images), labels))
         alpha = torch.tensor(0.5, device=self.device) if phase == "mix" else None
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            loss, _ = fn(net, batch, alpha, 0)
+            loss, _ = fn(net, batch, alpha, self._mask(phase, batch))
             grads = torch.autograd.grad(loss, self._trainable, allow_unused=True)
         return [p for p, g in zip(self._trainable, grads) if g is None]
 
@@ -1226,15 +1254,23 @@ PHASES = ("ssl", "mix", "sl")
 
 
 def _make_loss(phase: str, cfg: TrainConfig, tasks: int, mixed_kwargs: dict) -> Callable:
-    """The loss of one micro-batch: fn(net, batch, alpha, offset) -> (loss, parts)."""
-    weights = cfg.task_weights or [1.0 / tasks] * tasks
-    masking = dict(mask_ratio=cfg.mask_ratio, seed=cfg.seed)
+    """The loss of one micro-batch: fn(net, batch, alpha, mask) -> (loss, parts).
 
-    def ssl_loss(net, batch, alpha, offset):
-        loss = net("ssl", batch["ssl"], offset=offset, **masking)
+    `mask` is the precomputed MaskingResult (computed outside any compiled region, so a new
+    step never recompiles) or, for models without `masking=`, the int masking offset.
+    """
+    weights = cfg.task_weights or [1.0 / tasks] * tasks
+
+    def masking(mask) -> dict[str, Any]:
+        if isinstance(mask, int):
+            return {"mask_ratio": cfg.mask_ratio, "seed": cfg.seed, "offset": mask}
+        return {"mask_ratio": cfg.mask_ratio, "masking": mask}
+
+    def ssl_loss(net, batch, alpha, mask):
+        loss = net("ssl", batch["ssl"], **masking(mask))
         return loss, {"ssl": loss}
 
-    def sl_loss(net, batch, alpha, offset):
+    def sl_loss(net, batch, alpha, mask):
         loss = 0.0
         for k, (images, labels) in enumerate(batch["sl"]):
             logits = net("sl", images, task=k) if tasks > 1 else net("sl", images)
@@ -1242,7 +1278,7 @@ def _make_loss(phase: str, cfg: TrainConfig, tasks: int, mixed_kwargs: dict) -> 
             loss = loss + weights[k] * ce
         return loss, {"sl": loss}
 
-    def mix_loss(net, batch, alpha, offset):
+    def mix_loss(net, batch, alpha, mask):
         sl = batch["sl"]
         images = sl[0][0] if tasks == 1 else [x for x, _ in sl]
         labels = sl[0][1] if tasks == 1 else [y for _, y in sl]
@@ -1252,10 +1288,9 @@ def _make_loss(phase: str, cfg: TrainConfig, tasks: int, mixed_kwargs: dict) -> 
             images,
             labels,
             alpha=alpha,
-            offset=offset,
             sl_view=cfg.sl_view,
             task_weights=cfg.task_weights,
-            **masking,
+            **masking(mask),
             **mixed_kwargs,
         )
 
