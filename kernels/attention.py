@@ -235,8 +235,8 @@ def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
         block_n = min(tile, 64)
         configs = [
             dict(BLOCK_M=tile, BLOCK_N=block_n, num_warps=8 if tile * block_n >= 8192 else 4),
+            dict(BLOCK_M=tile, BLOCK_N=tile, num_warps=8 if tile >= 128 else 4),
             dict(BLOCK_M=min(tile, 64), BLOCK_N=block_n, num_warps=4),
-            dict(BLOCK_M=tile, BLOCK_N=block_n, num_warps=4),
         ]
     else:
         configs = [
@@ -257,7 +257,7 @@ def _bwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
         warps = 8 if tile >= 128 else 4
         configs = [
             dict(BLOCK_M=min(tile, 32), BLOCK_N=tile, num_warps=warps),
-            dict(BLOCK_M=min(tile, 16), BLOCK_N=tile, num_warps=warps),
+            dict(BLOCK_M=min(tile, 64), BLOCK_N=tile, num_warps=warps),
             dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 64), num_warps=4),
         ]
     else:
