@@ -108,7 +108,7 @@ def check_torch() -> None:
     if torch is None:
         sys.exit(
             "mixfast compiles its extension against the installed PyTorch, and none is installed."
-            f"\nInstall it, then rerun this command:  {TORCH_INSTALL}"
+            f" Install it with\n    {TORCH_INSTALL}\nthen run this build again."
         )
     if "pip-build-env" in torch.__file__:
         sys.exit(
