@@ -1090,7 +1090,8 @@ class MixTrainer:
         start = time.perf_counter()
         top1 = self.evaluate() if phase != "ssl" and self.val_list else [None] * len(self.val_list)
         eval_s = time.perf_counter() - start
-        micro = max(s["micro"], 1)
+        losses = _all_sum(torch.stack([s["loss"], s["ssl"], s["sl"]]), self.dist)
+        loss, loss_ssl, loss_sl = (losses / max(s["micro"] * self.dist.world, 1)).tolist()
         per = self.config.batch_size * self.dist.world
         ssl_n = s["micro"] * per if phase != "sl" else 0
         sl_n = s["micro"] * per * len(self.sl_streams) if phase != "ssl" else 0
@@ -1106,9 +1107,9 @@ class MixTrainer:
             "phase_epoch": spec.phase_epoch + 1,
             "steps": self.steps[phase],
             "global_step": self.global_step,
-            "loss": float(s["loss"]) / micro,
-            "loss_ssl": float(s["ssl"]) / micro if phase != "sl" else None,
-            "loss_sl": float(s["sl"]) / micro if phase != "ssl" else None,
+            "loss": loss,  # mean over the epoch's micro-batches on all ranks
+            "loss_ssl": loss_ssl if phase != "sl" else None,
+            "loss_sl": loss_sl if phase != "ssl" else None,
             "alpha": self._alpha_range(spec),
             "lr": self._lr,
             "val_top1": top1[0] if top1 else None,
