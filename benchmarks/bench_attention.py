@@ -261,7 +261,17 @@ def run_all(device, dtype, scale_batch: float, impls: list[str], time_budget_s: 
                 row["shapes"] = dict(groups=x["groups"], total_tokens=x["q"].shape[0])
                 out["results"].append(row)
     out["speedup_vs_fastest_peer"] = speedups(out["results"])
+    out["mixfast_tuned_configs"] = _tuned_configs()
     return out
+
+
+def _tuned_configs() -> dict:
+    """Launch configs the kernels' autotuner picked in this run (empty off the GPU)."""
+    try:
+        from mixfast.kernels.attention import tuned_configs
+    except ImportError:
+        return {}
+    return tuned_configs()
 
 
 def speedups(rows: list[dict]) -> dict:
@@ -297,6 +307,8 @@ def print_table(out: dict) -> None:
         )
     for key, s in sorted(out["speedup_vs_fastest_peer"].items()):
         print(f"speedup {key}: {s['speedup']:.2f}x vs {s['peer']}")
+    for key, config in out["mixfast_tuned_configs"].items():
+        print(f"tuned {key}: {config}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -233,11 +233,13 @@ def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
         return [dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 32), num_warps=4)]
     if head_dim <= 64:
         block_n = min(tile, 64)
-        configs = [
-            dict(BLOCK_M=tile, BLOCK_N=block_n, num_warps=8 if tile * block_n >= 8192 else 4),
-            dict(BLOCK_M=tile, BLOCK_N=tile, num_warps=8 if tile >= 128 else 4),
-            dict(BLOCK_M=min(tile, 64), BLOCK_N=block_n, num_warps=4),
-        ]
+        default = dict(BLOCK_M=tile, BLOCK_N=block_n, num_warps=8 if tile >= 128 else 4)
+        configs = [default, dict(default, BLOCK_N=tile)]
+        if tile >= 64:  # spill-free at 128 registers: 2-4 programs per SM instead of 1-2
+            configs += [
+                dict(default, maxnreg=128),
+                dict(BLOCK_M=64, BLOCK_N=block_n, num_warps=4, maxnreg=128),
+            ]
     else:
         configs = [
             dict(BLOCK_M=min(tile, 64), BLOCK_N=min(tile, 32), num_warps=4),
@@ -316,7 +318,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _run_config(config: dict, interpret: bool) -> dict:
-    """Launch options: num_warps only means something on a GPU."""
+    """Launch options: num_warps and maxnreg only mean something on a GPU."""
     if interpret:
         return {k: v for k, v in config.items() if k.startswith("BLOCK")}
     return config
