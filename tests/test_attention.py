@@ -259,10 +259,12 @@ def test_op_runs_kernels_through_autograd(triton_device, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 @pytest.mark.parametrize("lengths", [[65, 17] * 16, [197, 50] * 8, [1024, 1, 300]])
-def test_kernel_low_precision_error_relative(dtype, head_dim, lengths):
+def test_kernel_low_precision_error_relative(dtype, head_dim, lengths, monkeypatch):
     """bf16/fp16 kernel error vs an fp32 reference <= 2x that of SDPA in the same precision."""
     if not torch.cuda.is_available():
         pytest.skip("error-relative low-precision check runs on CUDA")
+    if head_dim != 64:  # autotuning (ViT-Tiny's head dim) once is enough; keep the run short
+        monkeypatch.setenv("MIXFAST_AUTOTUNE", "0")
     q, k, v = make_qkv(lengths, 3, head_dim, dtype, "cuda", grad=True)
     cu = make_cu_seqlens(lengths, "cuda")
     grad = torch.randn_like(q)
