@@ -166,6 +166,74 @@ def test_dataloader_input_and_no_out(tmp_path):
     assert not any(tmp_path.iterdir())  # out=None writes nothing
 
 
+class ItemDataset(torch.utils.data.Dataset):
+    """A plain map-style dataset: goes through a DataLoader, not the in-memory fast path."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        return self.data[index]
+
+
+class Uint8Dataset(ItemDataset):
+    """ImageDataset-like: public uint8 `images`, `labels`, `mean`, `std`."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        images, labels = data.tensors
+        self.images = (images.clamp(-4, 4) * 30 + 128).round().to(torch.uint8)
+        self.labels, self.mean, self.std = labels, (128 / 255,), (30 / 255,)
+        super().__init__(TensorDataset(self.images.float().sub(128).div(30), labels))
+
+
+def test_dataset_kinds_read_the_same_order(tmp_path):
+    """A DataLoader over a plain Dataset, the TensorDataset fast path and a uint8 store
+    (normalised on the device) train to the same weights: one seeded order for all."""
+    config = tiny_config(tmp_path, pipeline="sl", sl_epochs=1, out=None, label_smoothing=0.0)
+    results = {}
+    uint8 = Uint8Dataset(tiny_data())
+    for name, data in {
+        "tensor": TensorDataset(*uint8.data.tensors),
+        "loader": ItemDataset(uint8.data),
+        "uint8": uint8,
+    }.items():
+        model = tiny_model(drop_path=0.0)
+        result = train(config, model, None, data, data)
+        results[name] = (weights(model), result.top1)
+    assert_same_weights(results["loader"][0], results["tensor"][0], atol=0.0)
+    # uint8 -> (x / 255 - mean) / std rounds differently from the float copy
+    assert_same_weights(results["uint8"][0], results["tensor"][0], atol=1e-5)
+    assert len({top1 for _, top1 in results.values()}) == 1
+
+
+def test_drop_in_from_a_timm_name_and_a_schedule():
+    from mixfast.schedule import MixSchedule
+
+    trainer = MixTrainer(
+        "vit_tiny_patch16_224",
+        MixSchedule(1, 1, mix_ratio=1.0),
+        model_kwargs=dict(
+            img_size=16,
+            patch_size=4,
+            in_chans=1,
+            depth=1,
+            embed_dim=32,
+            num_heads=2,
+            decoder_dim=16,
+            decoder_depth=1,
+            decoder_heads=2,
+        ),
+        batch_size=16,
+        progress=False,
+    )
+    result = trainer.fit(None, tiny_data(32), tiny_data(20))
+    assert trainer.model.task_classes == [CLASSES]  # read from the labels
+    assert [r["phase"] for r in result.epochs] == ["mix"] and result.completed
+
+
 # --------------------------------------------------------------------------------------------
 # exact resume
 
