@@ -338,6 +338,7 @@ def varlen_attn_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out [T, H, Dh] contiguous and lse [H, T] fp32 (natural log)."""
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    cu_seqlens = cu_seqlens.contiguous()
     total, heads, head_dim = q.shape
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
@@ -375,8 +376,8 @@ def varlen_attn_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv, contiguous. grad_out may be any view (e.g. expanded, stride 0)."""
     q, k, v, out = (_last_dim_contiguous(t) for t in (q, k, v, out))
-    grad_out = grad_out.contiguous()
-    lse = lse.contiguous()
+    grad_out = grad_out.to(q.dtype).contiguous()
+    lse, cu_seqlens = lse.contiguous(), cu_seqlens.contiguous()
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     total, heads, head_dim = q.shape
     num_seqs = cu_seqlens.shape[0] - 1
