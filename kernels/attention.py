@@ -19,6 +19,8 @@ bandwidth- and latency-bound: the whole call moves a few tens of MB. So:
   the fly, no atomics, no preprocess kernel, no dq accumulator. Longer sequences fall back to
   FA2 tiling without atomics: the same program then also computes dq for its own BLOCK_N query
   rows by a second loop over the key tiles (some recomputation instead of atomics).
+- Launch configs: two to four spill-free candidates per (tile, head dim, dtype), timed once per
+  process on the GPU at the first call (a few compiles; MIXFAST_AUTOTUNE=0 takes the first).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import triton
 import triton.language as tl
 
 LOG2E = math.log2(math.e)
-LN2 = math.log(2.0)
 MAX_TILE = 128
 
 
