@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--budget-s", type=float, default=170.0, help="skip runs past this")
+    parser.add_argument(
+        "--budget-s", type=float, default=130.0, help="skip runs that would start later"
+    )
     parser.add_argument("--json", default=None, help="write results here (after every run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -220,9 +222,9 @@ def _write(path: str, rows: list[dict[str, Any]], device: str, argv: list[str] |
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_mixed_step(benchmark, bench_device, synced, variant):
     batch = 64 if bench_device == "cuda" else 8
-    setup = build("28x28/4", batch, bench_device, depth=4)
+    setup = build("28x28/4", batch, bench_device, depth=2)
     step = synced(make_steps(setup, compiled=False)[variant])
-    benchmark.extra_info.update(config="28x28/4", batch=batch, depth=4, variant=variant)
+    benchmark.extra_info.update(config="28x28/4", batch=batch, depth=2, variant=variant)
     benchmark.pedantic(step, args=(0,), rounds=5, warmup_rounds=1)
 
 

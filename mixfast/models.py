@@ -79,25 +79,24 @@ def _check_vit(vit: nn.Module) -> None:
     """The packed encoder path supports plain timm ViTs: cls token, learned pos embed, Blocks."""
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"name_or_vit must be a timm VisionTransformer, got {type(vit).__name__}")
+    blocks = list(vit.blocks)
     unsupported = {
         "class_token=True": vit.cls_token is None,
         "reg_tokens=0": vit.reg_token is not None,
         "no_embed_class=False": vit.no_embed_class,
         "dynamic_img_size=False": vit.dynamic_img_size,
         "pos_embed='learn'": vit.pos_embed is None,
-        "global_pool='token'": vit.global_pool != "token" or vit.attn_pool is not None,
+        "global_pool='token'": vit.global_pool != "token"
+        or getattr(vit, "attn_pool", None) is not None,
         "patch_drop_rate=0": not isinstance(vit.patch_drop, nn.Identity),
         "no embed_norm_layer": not isinstance(vit.patch_embed.norm, nn.Identity),
         "num_classes >= 1": not isinstance(vit.head, nn.Linear),
+        "block_fn=Block": any(type(block) is not Block for block in blocks),
+        # the packed varlen attention has no dropout
+        "attn_drop_rate=0": any(
+            block.attn.attn_drop.p > 0 for block in blocks if type(block) is Block
+        ),
     }
-    for block in vit.blocks:
-        unsupported["block_fn=Block"] = (
-            unsupported.get("block_fn=Block") or type(block) is not Block
-        )
-        drop = getattr(getattr(block, "attn", None), "attn_drop", None)
-        unsupported["attn_drop_rate=0"] = unsupported.get("attn_drop_rate=0") or bool(
-            drop is not None and drop.p > 0
-        )
     bad = [name for name, failed in unsupported.items() if failed]
     if bad:
         raise ValueError(f"the mixfast encoder needs a timm ViT with {', '.join(bad)}")
@@ -665,8 +664,11 @@ def _attention_packed(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) ->
         out = ops.varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, attn.scale)
     else:
         out = _grouped_attention(q, k, v, layout.shapes, attn.scale)
-    out = attn.norm(out.reshape(tokens, -1))
-    gate = getattr(attn, "gate", None)  # newer timm: optional sigmoid gate
+    out = out.reshape(tokens, -1)
+    norm = getattr(attn, "norm", None)  # scale_attn_norm (newer timm)
+    if norm is not None:
+        out = norm(out)
+    gate = getattr(attn, "gate", None)  # optional sigmoid gate (recent timm)
     if gate is not None:
         out = out * gate(x).sigmoid()
     return attn.proj_drop(attn.proj(out))
