@@ -423,6 +423,7 @@ class MixMAE(nn.Module):
         masking: MaskingResult | None = None,
         sl_view: str = "full",
         task_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
         packed: bool = True,
         validate: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -449,6 +450,7 @@ class MixMAE(nn.Module):
                 with rows Bm.. of the same masking call and feed the heads only).
             task_weights: w_k per task; default 1/K for a list of K label tensors, 1 for a
                 single label tensor.
+            label_smoothing: of every cross-entropy (as F.cross_entropy).
             packed: False runs the sub-batches separately through the same modules (reference).
             validate: check label ranges on the host before any work (eager only).
 
@@ -473,7 +475,8 @@ class MixMAE(nn.Module):
         task_losses = [zero] * self.num_tasks
         for group, cls in zip(groups, sl_cls):
             for task, target in zip(group.tasks, group.labels):
-                task_losses[task] = F.cross_entropy(self.head(cls, task).float(), target)
+                logits = self.head(cls, task).float()
+                task_losses[task] = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
         parts["sl"] = sum(w * task_losses[k] for k, w in weights.items())
         parts.update({f"sl_{k}": task_losses[k] for k in range(self.num_tasks)})
         loss = alpha * parts["ssl"] + (1 - alpha) * parts["sl"]

@@ -92,6 +92,9 @@ def test_mixed_parts_equal_single_forwards(shared):
     torch.testing.assert_close(parts["sl"], F.cross_entropy(model.forward_sl(sl), y))
     torch.testing.assert_close(parts["sl"], parts["sl_0"])
     torch.testing.assert_close(loss, 0.25 * parts["ssl"] + 0.75 * parts["sl"])
+    _, parts = model.forward_mixed(ssl, sl, y, alpha=0.25, seed=3, label_smoothing=0.1)
+    expected = F.cross_entropy(model.forward_sl(sl), y, label_smoothing=0.1)
+    torch.testing.assert_close(parts["sl"], expected)
 
 
 def test_masked_view_reads_cls_of_masked_encoding():
