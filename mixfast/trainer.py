@@ -416,7 +416,8 @@ class Stream:
             batches = islice(self.source, self.pos, self.micro)
             return (self._to_device(*_split_batch(b)) for b in batches)
         blocks = self._blocks()[self.pos :]
-        if self.memory is not None:
+        if self.memory is not None:  # one copy of the pass's indices, then device gathers
+            blocks = blocks.to(self.memory.images.device, non_blocking=True)
             return (self._to_device(*self.memory.gather(index)) for index in blocks)
         gen = torch.Generator().manual_seed(_pass_seed(self.seed, self.key, self.cycle) + 1)
         loader = DataLoader(
@@ -570,6 +571,7 @@ class MixTrainer:
         cfg = self.config
         out = Path(cfg.out) if cfg.out else None
         self._check_out(out)
+        self._signal = None
         sl_list = list(sl_data) if isinstance(sl_data, list | tuple) else [sl_data]
         val_list = list(val_data) if isinstance(val_data, list | tuple) else [val_data]
         if cfg.task_weights is not None and len(cfg.task_weights) != len(sl_list):
@@ -834,7 +836,7 @@ class MixTrainer:
         if self.step_in_epoch == 0:
             for s in streams:
                 s.new_pass()
-        self._init_sums(phase)
+        self._init_sums()
         fn = self._loss_fn(phase, net)
         steps = self.steps[phase]
         bar = _progress(cfg.progress and self.dist.main, steps, f"{phase} {spec.index + 1}")
@@ -870,9 +872,9 @@ class MixTrainer:
             (loss / cfg.accum_steps).backward()
             self.micro_step += 1
             self._accumulate(loss, parts)
-        self._optimizer_step(phase)
+        self._optimizer_step()
 
-    def _optimizer_step(self, phase: str) -> None:
+    def _optimizer_step(self) -> None:
         cfg, stage = self.config, self.resolved["stages"][self.stage]
         step = self._stage_step()
         lr = warmup_cosine(
@@ -1006,7 +1008,7 @@ class MixTrainer:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _init_sums(self, phase: str) -> None:
+    def _init_sums(self) -> None:
         zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
         self._sums = {
             "loss": zero(),
@@ -1062,10 +1064,11 @@ class MixTrainer:
             if flag.item():
                 step, value = int(s["bad_step"]), float(s["bad_loss"])
                 where = f"step {step + 1}" if step >= 0 else "a step on another rank"
+                last = Path(self.config.out or ".") / "last.pt"
+                kept = f"; {last} holds the last good checkpoint" if self.config.out else ""
                 raise NonFiniteLossError(
                     f"non-finite loss at {where} (phase {phase}, epoch {self.epoch + 1}): "
-                    f"loss={value}; stopped, the last good checkpoint is kept"
-                    + (f" in {self.config.out}/last.pt" if self.config.out else "")
+                    f"loss={value}; training stopped{kept if last.is_file() else ''}"
                 )
         if bar is not None and not bar.disable:
             micro = max(s["micro"], 1)

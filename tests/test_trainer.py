@@ -238,11 +238,19 @@ def test_drop_in_from_a_timm_name_and_a_schedule():
 # exact resume
 
 
+def augment():
+    """On-device random crop + flip with its own generator: resume must restore it too."""
+    from mixfast.data import BatchAugment
+
+    return BatchAugment(16, (0.0,), (1.0,), seed=7)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
     model = tiny_model()
-    result = train(tiny_config(tmp, accum_steps=2), model, None, tiny_data(), tiny_data(20))
+    config = tiny_config(tmp, accum_steps=2, augment=augment())
+    result = train(config, model, None, tiny_data(), tiny_data(20))
     return weights(model), result
 
 
@@ -253,7 +261,13 @@ def test_resume_is_exact(tmp_path, uninterrupted):
     # 64 samples / (16 x 2 accum) = 2 steps per epoch: SSL = steps 1-2, MIX = 3-4, SL = 5-6
     expected, full = uninterrupted
     for stop_after in (1, 3, 4, 0):
-        config = tiny_config(tmp_path, accum_steps=2, stop_after=stop_after, resume=stop_after != 1)
+        config = tiny_config(
+            tmp_path,
+            accum_steps=2,
+            stop_after=stop_after,
+            resume=stop_after != 1,
+            augment=augment(),
+        )
         # a resumed run starts from other weights: the checkpoint must overwrite every one
         model = tiny_model(seed=0 if stop_after == 1 else 100 + stop_after)
         result = train(config, model, None, tiny_data(), tiny_data(20))
