@@ -477,7 +477,7 @@ class MixMAE(nn.Module):
             for task, target in zip(group.tasks, group.labels):
                 logits = self.head(cls, task).float()
                 task_losses[task] = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-        parts["sl"] = sum(w * task_losses[k] for k, w in weights.items())
+        parts["sl"] = sum((w * task_losses[k] for k, w in weights.items()), zero)
         parts.update({f"sl_{k}": task_losses[k] for k in range(self.num_tasks)})
         loss = alpha * parts["ssl"] + (1 - alpha) * parts["sl"]
         return loss, parts
@@ -570,7 +570,9 @@ class MixMAE(nn.Module):
     def _task_weights(
         self, task_weights: Sequence[float] | None, labels: Labels | None
     ) -> dict[int, float]:
-        tasks = 1 if labels is None or isinstance(labels, torch.Tensor) else self.num_tasks
+        if labels is None:  # no SL sub-batch: weights do not matter
+            return {}
+        tasks = 1 if isinstance(labels, torch.Tensor) else self.num_tasks
         if task_weights is None:
             return {k: 1.0 / tasks for k in range(tasks)}
         if len(task_weights) != tasks:

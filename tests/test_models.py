@@ -114,7 +114,7 @@ def test_pure_phases_through_forward_mixed():
     loss, parts = model.forward_mixed(None, x, y, alpha=0.0, seed=0)
     torch.testing.assert_close(loss, F.cross_entropy(model.forward_sl(x), y))
     assert parts["ssl"].item() == 0.0
-    loss, parts = model.forward_mixed(x, None, None, alpha=1.0, seed=0)
+    loss, parts = model.forward_mixed(x, None, None, alpha=1.0, seed=0, task_weights=[0.5, 0.5])
     torch.testing.assert_close(loss, model.forward_ssl(x, seed=0))
     assert parts["sl"].item() == 0.0
     loss, _ = model.forward_mixed(x, x[:0], y[:0], alpha=1.0, seed=0)  # empty SL tensors
@@ -407,3 +407,22 @@ def test_packed_step_cuda_bf16_autocast(sl_view):
         assert torch.isfinite(grad).all(), name
         scale = separate[2][name].abs().max().clamp_min(1e-3)
         assert (grad - separate[2][name]).abs().max() / scale < 0.1, name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shared", [True, False])
+def test_mixed_step_has_no_host_sync(shared):
+    model = tiny_model(in_chans=3).cuda()
+    x, y = images(8, chans=3).cuda(), labels(8).cuda()
+    ssl = x if shared else images(5, chans=3).cuda()
+    masking = random_masking(ssl.shape[0], model.num_patches, 0.75, seed=0, device="cuda")
+    alpha = torch.tensor(0.5, device="cuda")
+    model.forward_mixed(ssl, x, y, alpha=alpha, masking=masking)[0].backward()  # warm up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = model.forward_mixed(ssl, x, y, alpha=alpha, masking=masking)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
