@@ -525,7 +525,7 @@ class BatchAugment:
         mean: Sequence[float],
         std: Sequence[float],
         *,
-        scale: tuple[float, float] = (0.35, 1.0),
+        scale: tuple[float, float] = (0.5, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
         seed: int | None = None,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mixfast import cli
-from mixfast.compare import format_table, pareto_front, run_name
+from mixfast.compare import check_compare_args, format_table, pareto_front, run_name
 
 TINY = [
     "--dataset", "synthetic", "--img-size", "16", "--train-limit", "40", "--test-limit", "20",
@@ -141,6 +141,28 @@ def test_compare_end_to_end_refuses_overwrite_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.count("reusing") == 3
     assert json.loads((out / "compare.json").read_text())["runs"] == report["runs"]
+
+    forced = mixfast(*args, "--force", "--pipelines", "sl")
+    assert forced.returncode == 0, forced.stderr
+    assert "reusing" not in forced.stderr
+    assert [r["pipeline"] for r in json.loads((out / "compare.json").read_text())["runs"]] == ["sl"]
+
+
+def test_compare_refuses_run_folders_it_would_overwrite(tmp_path):
+    args = cli.parse_args(["compare", "--out", str(tmp_path), "--fractions", "0.5", "--seeds", "3"])
+    check_compare_args(args)
+    (tmp_path / "mix-f0.5-s3").mkdir()
+    (tmp_path / "mix-f0.5-s3" / "result.json").write_text("{}")
+    with pytest.raises(ValueError, match="mix-f0.5-s3 already holds a run"):
+        check_compare_args(args)
+    args.resume = True
+    check_compare_args(args)
+    args.force = True
+    with pytest.raises(ValueError, match="not both"):
+        check_compare_args(args)
+    args.resume, args.fractions = False, [0.5, 1.5]
+    with pytest.raises(ValueError, match=r"--fractions values must be in \(0, 1\]"):
+        check_compare_args(args)
 
 
 @pytest.mark.parametrize(
