@@ -229,18 +229,16 @@ def _tile(max_seqlen: int) -> int:
 
 def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Launch configs worth timing; the first is the default (and the interpreter's). Each one
-    compiles for sm_90 without register spills (checked with ptxas -v), except fp32."""
+    compiles for sm_90 without register spills (ptxas -v, strides divisible by 16 as the JIT
+    specialises them), except fp32."""
     if dtype == torch.float32:  # exact fp32 products are register-hungry: small tiles
         return [dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 32), num_warps=4)]
     if head_dim <= 64:
-        block_n = min(tile, 64)
-        default = dict(BLOCK_M=tile, BLOCK_N=block_n, num_warps=8 if tile >= 128 else 4)
-        configs = [default, dict(default, BLOCK_N=tile)]
-        if tile >= 64:  # spill-free at 128 registers: 2-4 programs per SM instead of 1-2
-            configs += [
-                dict(default, maxnreg=128),
-                dict(BLOCK_M=64, BLOCK_N=block_n, num_warps=4, maxnreg=128),
-            ]
+        configs = [
+            dict(BLOCK_M=tile, BLOCK_N=min(tile, 64), num_warps=8 if tile >= 128 else 4),
+            dict(BLOCK_M=tile, BLOCK_N=tile, num_warps=8 if tile >= 128 else 4),
+            dict(BLOCK_M=min(tile, 64), BLOCK_N=min(tile, 64), num_warps=4),
+        ]
     else:
         configs = [
             dict(BLOCK_M=min(tile, 64), BLOCK_N=min(tile, 32), num_warps=4),
@@ -252,20 +250,20 @@ def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
 
 def _bwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
     """BLOCK_N (the key tile a program owns) = tile keeps every sequence up to 128 tokens on the
-    one-pass path; smaller key tiles trade that for smaller, more numerous programs (and are
-    the only spill-free choice at head dim 128)."""
+    one-pass path; a smaller key tile trades that for smaller, more numerous programs."""
     if dtype == torch.float32:
         return [dict(BLOCK_M=min(tile, 16), BLOCK_N=min(tile, 32), num_warps=4)]
     if head_dim <= 64:
         warps = 8 if tile >= 128 else 4
         configs = [
             dict(BLOCK_M=min(tile, 32), BLOCK_N=tile, num_warps=warps),
-            dict(BLOCK_M=min(tile, 64), BLOCK_N=tile, num_warps=warps),
+            dict(BLOCK_M=min(tile, 16), BLOCK_N=tile, num_warps=warps),
             dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 64), num_warps=4),
         ]
     else:
         configs = [
             dict(BLOCK_M=min(tile, 16), BLOCK_N=min(tile, 32), num_warps=4),
+            dict(BLOCK_M=min(tile, 16), BLOCK_N=tile, num_warps=8 if tile >= 128 else 4),
             dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 64), num_warps=8 if tile >= 64 else 4),
         ]
     return _unique(configs)
@@ -319,7 +317,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _run_config(config: dict, interpret: bool) -> dict:
-    """Launch options: num_warps and maxnreg only mean something on a GPU."""
+    """Launch options: num_warps only means something on a GPU."""
     if interpret:
         return {k: v for k, v in config.items() if k.startswith("BLOCK")}
     return config
