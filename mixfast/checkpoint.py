@@ -15,8 +15,12 @@ weights_only=True)` reads it):
                    current pass}: with the seed this fixes the data order exactly
     rng            {"torch": CPU generator state, "cuda": list of per-GPU states,
                     "python": random.getstate(), "numpy": numpy's MT19937 state as lists}
-    epoch_state    running sums of the epoch in progress (losses, samples, wall seconds)
-    totals         wall seconds per phase and sample-passes per objective so far
+    augment_rng    state of the on-device augmentation's own generator (None without one)
+    epoch_state    running sums of the epoch in progress (losses, micro-batches, seconds);
+                   None at an epoch boundary
+    totals         wall seconds per phase, evaluation seconds, sample-passes per objective
+                   and skipped steps so far
+    rows           the metrics.jsonl rows written so far (rewritten from here on resume)
     config         dataclasses.asdict(TrainConfig)
     resolved       what the run derived: absolute lrs, effective batch (per device x devices
                    x accumulation), warmup and total steps per stage, steps per epoch, plan,
