@@ -498,9 +498,11 @@ def test_checkpoint_loads_weights_only_and_names_bad_keys(tmp_path):
     with pytest.raises(ValueError, match=r"missing keys: encoder\.head\.weight") as info:
         load_model_state(model, broken)
     assert "unexpected keys: surprise.weight" in str(info.value)
-    path = export_encoder(model, tmp_path / "encoder.pt")
     vit = model.export_timm()
-    vit.load_state_dict(torch.load(path, weights_only=True))
+    vit.load_state_dict(torch.load(export_encoder(model, tmp_path / "enc.pt"), weights_only=True))
+    safetensors = pytest.importorskip("safetensors.torch")
+    state = safetensors.load_file(export_encoder(model, tmp_path / "enc.safetensors"))
+    assert_same_weights(state, vit.state_dict(), atol=0.0)
 
 
 # --------------------------------------------------------------------------------------------
