@@ -5,9 +5,9 @@ Every step is forward + backward + AdamW step of a ViT-Tiny MixMAE. Variants:
   mix         forward_mixed(x, x, y, sl_view="full"): both sub-batches in one packed pass
   mix-masked  forward_mixed(..., sl_view="masked"): the SL head reads the masked view's cls
 The variants run round-robin inside one loop (A, B, C, A, B, C, ...) so that drift hits them all
-alike; the table gives medians and the speedup of each mix variant over ssl+sl. Eager runs use
-`seed`/`offset` masks; compiled runs (torch.compile fullgraph) take masks computed outside the
-graph (`masking=`), so a new offset never recompiles. CUDA runs use bf16 autocast.
+alike; the table gives medians and the speedup of each mix variant over ssl+sl. Masks are
+computed outside the loss functions and passed as `masking=`, so the compiled runs
+(torch.compile fullgraph) never recompile for a new offset. CUDA runs use bf16 autocast.
 
 Script:  python benchmarks/bench_mixed_step.py --device cuda --json OUT.json
          (CPU default: 28x28/4, batch 32 + 32; CUDA default: 64x64/8 and 28x28/4, 256 + 256)
