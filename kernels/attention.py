@@ -238,6 +238,7 @@ def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
             dict(BLOCK_M=tile, BLOCK_N=min(tile, 64), num_warps=8 if tile >= 128 else 4),
             dict(BLOCK_M=tile, BLOCK_N=tile, num_warps=8 if tile >= 128 else 4),
             dict(BLOCK_M=min(tile, 64), BLOCK_N=min(tile, 64), num_warps=4),
+            dict(BLOCK_M=min(tile, 64), BLOCK_N=tile, num_warps=4),
         ]
     else:
         configs = [

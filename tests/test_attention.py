@@ -209,7 +209,7 @@ def test_kernel_matches_reference_fp32(lengths, heads, head_dim, triton_device):
 
 @pytest.mark.triton
 @pytest.mark.parametrize(
-    "head_dim, candidate", [(32, 0), (32, 1), (32, 2), (128, 0), (128, 1), (128, 2)]
+    "head_dim, candidate", [(32, 0), (32, 1), (32, 2), (32, 3), (128, 0), (128, 1), (128, 2)]
 )
 def test_every_tuning_candidate_is_correct(head_dim, candidate, triton_device, monkeypatch):
     """The GPU autotuner may pick any bf16/fp16 candidate config: each must be exact (run here
