@@ -3,6 +3,8 @@ kernels against the plain-PyTorch reference (`-m triton`: CUDA, or CPU under TRI
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -286,3 +288,78 @@ def test_kernel_low_precision_error_relative(dtype, head_dim, lengths, monkeypat
         # result takes when it is written in `dtype` (torch's may happen to round better).
         eps = torch.finfo(dtype).eps * want.abs().max().item()
         assert kernel_err <= 2 * torch_err + eps, f"{name}: {kernel_err} vs torch {torch_err}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernels compiled offline for sm_90 (no GPU needed): what the interpreter cannot check
+# ---------------------------------------------------------------------------------------------
+
+
+def _compile_for_sm90(kernel, dtype: str, constexprs: dict, num_warps: int):
+    """`kernel` compiled for sm_90, its args specialised as a real launch specialises them
+    (pointers and strides divisible by 16: vectorised, pipelined loads)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    scalars = {"num_heads": "i32", "qk_scale": "fp32", "softmax_scale": "fp32"}
+    pointers = {"CU_SEQLENS": "*i32", "LSE": "*fp32"}
+
+    def arg_type(name):
+        if name in constexprs:
+            return "constexpr"
+        if name.startswith("stride"):
+            return "i32"
+        return scalars.get(name) or pointers.get(name, f"*{dtype}")
+
+    aligned = [n for n in names if n not in constexprs and n not in scalars]
+    source = ASTSource(
+        fn=kernel,
+        signature={n: arg_type(n) for n in names},
+        constexprs={(names.index(n),): v for n, v in constexprs.items()},
+        attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned},
+    )
+    options = dict(num_warps=num_warps, num_stages=3)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def _ptxas_spill_bytes(ptx: str, tmp_path) -> int | None:
+    import re
+    import subprocess
+
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+    if not os.path.exists(ptxas):
+        return None
+    (tmp_path / "k.ptx").write_text(ptx)
+    args = [
+        ptxas,
+        "-v",
+        "--gpu-name",
+        "sm_90a",
+        str(tmp_path / "k.ptx"),
+        "-o",
+        str(tmp_path / "k.o"),
+    ]
+    log = subprocess.run(args, capture_output=True, text=True, check=True).stderr
+    return sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", log))
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+def test_kernels_compile_for_sm90_on_tensor_cores_without_spills(kind, tmp_path):
+    """The default bf16 config of the mix-step tile (128) at head dim 64."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        pytest.skip("the GPU compiler is not used under TRITON_INTERPRET=1")
+    pytest.importorskip("triton.backends.nvidia")
+    from mixfast.kernels import attention
+
+    make = attention._fwd_candidates if kind == "fwd" else attention._bwd_candidates
+    config = dict(make(128, 64, torch.bfloat16)[0])
+    fn = attention._varlen_attn_fwd_kernel if kind == "fwd" else attention._varlen_attn_bwd_kernel
+    num_warps = config.pop("num_warps")
+    constexprs = dict(config, HEAD_DIM=64, BLOCK_D=64, INPUT_PRECISION="tf32")
+    ptx = _compile_for_sm90(fn, "bf16", constexprs, num_warps).asm["ptx"]
+    assert "wgmma.mma_async" in ptx  # Hopper tensor cores
+    assert _ptxas_spill_bytes(ptx, tmp_path) in (0, None)
