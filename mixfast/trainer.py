@@ -68,6 +68,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -78,7 +79,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    TensorDataset,
+    default_collate,
+)
 
 from mixfast import checkpoint as ckpt
 from mixfast.masking import random_masking
@@ -372,6 +379,12 @@ class Stream:
             self.micro = len(source) // accum * accum
             if self.micro == 0:
                 raise ValueError(f"{name}: the DataLoader has fewer than accum_steps batches")
+            if world > 1 and not isinstance(source.sampler, DistributedSampler):
+                warnings.warn(
+                    f"{name}: a DataLoader without a DistributedSampler gives every rank the "
+                    "same batches; pass the Dataset instead (the trainer shards it)",
+                    stacklevel=3,
+                )
             return
         size, group = len(source), batch_size * world * accum
         if size < group:
