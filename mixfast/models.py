@@ -8,8 +8,14 @@ Forwards (no host syncs inside any of them):
 
     forward_sl(images, task=0)                              -> logits [B, classes]
     forward_ssl(images, mask_ratio, *, seed, offset)        -> MAE loss (scalar)
+    forward_mae(images, mask_ratio, *, seed, offset)        -> (loss, pred, mask), as MAE
     forward_mixed(ssl_images, sl_images, labels, *, alpha, mask_ratio, seed, offset,
                   sl_view="full", task_weights=None)        -> (loss, parts)
+
+Every masked forward also takes `masking=` (a precomputed `mixfast.random_masking` result)
+instead of seed/offset: under torch.compile that keeps a new step from recompiling. Label ranges
+are checked by `check_labels` (a host sync; call it outside the compiled step) or by
+`forward_mixed(..., validate=True)`; shapes, dtypes and arguments are always checked.
 
 `forward_mixed` packs the SSL sequences (cls + visible patches) and the SL sequences (cls + all
 patches) into one token buffer [T, D] with `cu_seqlens`, runs every encoder block once over it

@@ -38,15 +38,15 @@ def loss_and_grads(model, *args, **kwargs):
     return loss.detach(), {k: v.detach() for k, v in parts.items()}, grads
 
 
-def assert_same_step(a, b, atol: float = ATOL) -> None:
+def assert_same_step(a, b, atol: float = ATOL, rtol: float = 1e-4) -> None:
     (loss_a, parts_a, grads_a), (loss_b, parts_b, grads_b) = a, b
-    torch.testing.assert_close(loss_a, loss_b, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(loss_a, loss_b, atol=atol, rtol=rtol)
     assert parts_a.keys() == parts_b.keys()
     for key in parts_a:
-        torch.testing.assert_close(parts_a[key], parts_b[key], atol=atol, rtol=1e-4, msg=key)
+        torch.testing.assert_close(parts_a[key], parts_b[key], atol=atol, rtol=rtol, msg=key)
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], atol=atol, rtol=1e-4, msg=name)
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=atol, rtol=rtol, msg=name)
 
 
 # ------------------------------------------------------------------------------ packed path
@@ -390,8 +390,10 @@ def test_packed_step_on_triton_kernels(triton_device, monkeypatch, shared):
     ssl = sl if shared else images(3).to(triton_device)
     packed = step_on(triton_device, model, ssl, sl, y, packed=True)
     separate = step_on(triton_device, model, ssl, sl, y, packed=False)
-    # fp32 Triton dots may run in TF32 on a GPU
-    assert_same_step(packed, separate, atol=1e-4 if triton_device == "cpu" else 2e-3)
+    if triton_device == "cpu":
+        assert_same_step(packed, separate, atol=1e-4)
+    else:  # fp32 dots of Triton may run in TF32 on a GPU
+        assert_same_step(packed, separate, atol=5e-3, rtol=1e-2)
 
 
 @pytest.mark.cuda
