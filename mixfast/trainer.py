@@ -90,7 +90,7 @@ from torch.utils.data import (
 from mixfast import checkpoint as ckpt
 from mixfast.masking import random_masking
 from mixfast.optim import make_adamw, set_lr, warmup_cosine
-from mixfast.schedule import PIPELINES, TRANSITIONS, MixSchedule
+from mixfast.schedule import PHASES, PIPELINES, TRANSITIONS, MixSchedule
 
 SL_VIEWS = ("full", "masked")
 NONFINITE = ("stop", "skip")
@@ -1269,9 +1269,6 @@ class MixTrainer:
             completed=completed,
             resolved=self.resolved,
         )
-
-
-PHASES = ("ssl", "mix", "sl")
 
 
 def _make_loss(phase: str, cfg: TrainConfig, tasks: int, mixed_kwargs: dict) -> Callable:
