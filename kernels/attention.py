@@ -259,6 +259,7 @@ def _bwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
         configs = [
             dict(BLOCK_M=min(tile, 32), BLOCK_N=tile, num_warps=warps),
             dict(BLOCK_M=min(tile, 16), BLOCK_N=tile, num_warps=warps),
+            dict(BLOCK_M=min(tile, 16), BLOCK_N=tile, num_warps=4),  # 2 programs per SM
             dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 64), num_warps=4),
         ]
     else:
