@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from mixfast import random_masking
-from mixfast.models import _drop_path_packed, create_model
+from mixfast.models import _drop_path_packed, create_model, sincos_pos_embed
 
 TINY = dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2)
 DECODER = dict(decoder_dim=16, decoder_depth=1, decoder_heads=2)
@@ -253,6 +253,19 @@ def test_precomputed_masking_equals_seed_offset():
         model.forward_ssl(x[:2], masking=masking)
     with pytest.raises(ValueError, match="seed"):
         model.forward_ssl(x)
+
+
+def test_decoder_pos_embed_is_mae_sincos():
+    """MAE's get_2d_sincos_pos_embed written out: [sin w, cos w, sin h, cos h] per patch."""
+    grid_h, grid_w, dim = 3, 5, 8
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows = []
+    for h in range(grid_h):
+        for w in range(grid_w):
+            parts = [f(pos * omega) for pos in (w, h) for f in (torch.sin, torch.cos)]
+            rows.append(torch.cat(parts))
+    expected = torch.cat([torch.zeros(1, dim), torch.stack(rows).float()])
+    torch.testing.assert_close(sincos_pos_embed(grid_h, grid_w, dim), expected)
 
 
 def test_mae_masks_differ_by_seed_and_offset():
