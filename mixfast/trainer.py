@@ -650,7 +650,8 @@ class MixTrainer:
         self.resolved = self._resolve(ssl_steps, sl_steps, len(sl_list))
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self._compiled: dict[tuple[str, int], Callable] = {}
-        self._alphas: torch.Tensor | None = None
+        alphas = [self.schedule.alpha(i, self.mix_steps) for i in range(self.mix_steps)]
+        self._alphas = torch.tensor(alphas, dtype=torch.float32).to(self.device)
         self._val_memory: dict[int, _InMemory] = {}
         self._mixed_kwargs = self._mixed_extra_kwargs()
         self._precompute_masks = hasattr(self.model, "num_patches") and all(
@@ -921,9 +922,6 @@ class MixTrainer:
         """a(t) of this mix step as a 0-dim device tensor (no host-to-device copy per step)."""
         if phase != "mix":
             return None
-        if self._alphas is None:
-            values = [self.schedule.alpha(i, self.mix_steps) for i in range(self.mix_steps)]
-            self._alphas = torch.tensor(values, dtype=torch.float32, device=self.device)
         mix_first = next(p.first_epoch for p in self.schedule.phases if p.name == "mix")
         step = (self.epoch - mix_first) * self.steps["mix"] + self.step_in_epoch
         return self._alphas[step].clone()

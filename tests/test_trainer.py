@@ -534,3 +534,23 @@ def test_cuda_amp_compile_train(tmp_path):
     assert result.resolved["compile"] and result.resolved["amp"]
     assert result.completed and 0.0 <= result.top1 <= 1.0
     assert result.resolved["device"].startswith("cuda")
+
+
+@pytest.mark.cuda
+def test_cuda_steps_never_sync_with_the_host(tmp_path, monkeypatch):
+    """Every step after the first of an epoch runs with CUDA sync debugging set to error."""
+    train_step = MixTrainer._train_step
+
+    def strict_step(self, *args):
+        if self.step_in_epoch == 0:  # lazy set-up (first gather of a pass, workspaces)
+            return train_step(self, *args)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return train_step(self, *args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(MixTrainer, "_train_step", strict_step)
+    config = tiny_config(tmp_path, device="cuda", compile=False, clip_grad=1.0, log_every=100)
+    result = train(config, tiny_model(), None, tiny_data(), tiny_data(20))
+    assert result.completed
