@@ -10,6 +10,7 @@ computed outside the loss functions and passed as `masking=`, so the compiled ru
 (torch.compile fullgraph) never recompile for a new offset. CUDA runs use bf16 autocast.
 
 Script:  python benchmarks/bench_mixed_step.py --device cuda --json OUT.json
+         (add --modes eager compiled cudagraphs for CUDA-graph replays of the compiled steps)
          (CPU default: 28x28/4, batch 32 + 32; CUDA default: 64x64/8 and 28x28/4, 256 + 256)
 pytest:  pytest benchmarks/bench_mixed_step.py   (tiny CPU shapes, pytest-benchmark, eager)
 """
@@ -36,6 +37,7 @@ CONFIGS = {
     "28x28/4": dict(img_size=28, patch_size=4, in_chans=1, classes=10),
 }
 VARIANTS = ("ssl+sl", "mix", "mix-masked")
+MODES = ("eager", "compiled", "cudagraphs")
 SEED, ALPHA, MASK_RATIO = 0, 0.5, 0.75
 
 
@@ -56,7 +58,7 @@ def build(config: str, batch: int, device: str, **overrides: Any) -> dict[str, A
     return dict(model=model, opt=opt, x=x, y=y)
 
 
-def make_steps(setup: dict[str, Any], compiled: bool) -> dict[str, Callable[[int], None]]:
+def make_steps(setup: dict[str, Any], mode: str) -> dict[str, Callable[[int], None]]:
     """variant -> step(i): forward + backward + optimizer step(s) on the same samples."""
     model: MixMAE = setup["model"]
     opt, x, y = setup["opt"], setup["x"], setup["y"]
@@ -79,9 +81,10 @@ def make_steps(setup: dict[str, Any], compiled: bool) -> dict[str, Callable[[int
             images, images, labels, alpha=alpha, masking=masking, sl_view=sl_view
         )[0]
 
-    if compiled:
+    if mode != "eager":
+        options = dict(fullgraph=True, mode="reduce-overhead" if mode == "cudagraphs" else None)
         ssl_loss, sl_loss, mix_loss = (
-            torch.compile(f, fullgraph=True) for f in (ssl_loss, sl_loss, mix_loss)
+            torch.compile(f, **options) for f in (ssl_loss, sl_loss, mix_loss)
         )
 
     def masks(i: int):
@@ -90,6 +93,8 @@ def make_steps(setup: dict[str, Any], compiled: bool) -> dict[str, Callable[[int
         )
 
     def update(loss_fn: Callable[[], torch.Tensor]) -> None:
+        if mode == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             loss = loss_fn()
         loss.backward()
@@ -150,7 +155,7 @@ def speedups(result: dict[str, Any]) -> dict[str, float]:
 def print_row(row: dict[str, Any]) -> None:
     res, up = row["times"], row["speedup"]
     print(
-        f"| {row['config']:8} | {row['batch']:>3}+{row['batch']:<3} | {row['mode']:8} "
+        f"| {row['config']:8} | {row['batch']:>3}+{row['batch']:<3} | {row['mode']:10} "
         f"| {res['ssl+sl']['median_ms']:9.2f} | {res['mix']['median_ms']:9.2f} "
         f"| {up['mix']:5.2f}x | {res['mix-masked']['median_ms']:9.2f} "
         f"| {up['mix-masked']:5.2f}x |",
@@ -159,8 +164,8 @@ def print_row(row: dict[str, Any]) -> None:
 
 
 HEADER = (
-    "| config   | batch   | mode     | ssl+sl ms |    mix ms | speedup | masked ms | speedup |\n"
-    "|----------|---------|----------|-----------|-----------|---------|-----------|---------|"
+    "| config   | batch   | mode       | ssl+sl ms |    mix ms | speedup | masked ms | speedup |\n"
+    "|----------|---------|------------|-----------|-----------|---------|-----------|---------|"
 )
 
 
@@ -169,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
     parser.add_argument("--batch", type=int, default=None, help="images per sub-batch")
-    parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=None)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=None,
+        help="default: eager compiled (cudagraphs = compile mode='reduce-overhead', CUDA only)",
+    )
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
@@ -183,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
+    if not cuda and "cudagraphs" in (args.modes or []):
+        parser.error("--modes cudagraphs needs --device cuda")
     configs = args.configs or (["64x64/8", "28x28/4"] if cuda else ["28x28/4"])
     batch = args.batch or (256 if cuda else 32)
     modes = args.modes or ["eager", "compiled"]
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             torch.manual_seed(0)
             setup = build(config, batch, args.device)
-            steps = make_steps(setup, compiled=mode == "compiled")
+            steps = make_steps(setup, mode)
             times = run_alternating(steps, setup["x"].device, args.warmup, iters)
             row = dict(config=config, batch=batch, mode=mode, times=times)
             row["speedup"] = speedups(times)
@@ -223,7 +236,7 @@ def _write(path: str, rows: list[dict[str, Any]], device: str, argv: list[str] |
 def test_mixed_step(benchmark, bench_device, synced, variant):
     batch = 64 if bench_device == "cuda" else 8
     setup = build("28x28/4", batch, bench_device, depth=2)
-    step = synced(make_steps(setup, compiled=False)[variant])
+    step = synced(make_steps(setup, "eager")[variant])
     benchmark.extra_info.update(config="28x28/4", batch=batch, depth=2, variant=variant)
     benchmark.pedantic(step, args=(0,), rounds=5, warmup_rounds=1)
 
