@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,7 +190,11 @@ def test_missing_fashion_mnist_exits_2_with_instructions(tmp_path):
 
 
 def test_info_prints_versions():
-    proc = mixfast("info")
+    script = shutil.which("mixfast")  # the console script, where the install made one
+    if script is None:
+        proc = mixfast("info")
+    else:
+        proc = subprocess.run([script, "info"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for key in ("python", "torch.version.cuda", "triton", "timm", "nvcc", "CUDA_HOME", "device"):
         assert key in proc.stdout
