@@ -564,7 +564,9 @@ class BatchAugment:
         if images.dim() != 4:
             raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
         x = normalize(images, self.mean, self.std) if images.dtype == torch.uint8 else images
-        theta = self.sample_theta(len(x)).to(device=x.device, dtype=x.dtype)
+        theta = self.sample_theta(len(x)).to(x.dtype)
+        if x.is_cuda:  # pinned + non_blocking: no host sync per batch
+            theta = theta.pin_memory().to(x.device, non_blocking=True)
         grid = F.affine_grid(theta, [len(x), x.shape[1], self.size, self.size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

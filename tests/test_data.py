@@ -385,3 +385,12 @@ def test_augment_bad_arguments():
         BatchAugment(8, (0.5,), (0.5,), hflip=2.0)
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         BatchAugment(8, (0.5,), (0.5,))(torch.zeros(3, 8, 8))
+
+
+@pytest.mark.cuda
+def test_augment_on_cuda_matches_cpu():
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    cpu = BatchAugment(16, mean, std, seed=1)(images)
+    gpu = BatchAugment(16, mean, std, seed=1)(images.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
