@@ -7,7 +7,8 @@ PYTEST := $(PYTHON) -m pytest
 # the project is tested with. Build isolation is off because the extension builds against the
 # installed torch.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEMO_OUT ?= runs/demo
+# A new folder per demo run: compare never overwrites an earlier result.
+DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: setup data deps install lint test test-cpu test-triton demo bench gpu
 
