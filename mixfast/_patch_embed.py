@@ -413,6 +413,9 @@ def packed_patch_embed(
 def _autocast(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Under autocast, cast the floating inputs to its dtype, as F.conv2d would be."""
     device_type = tensors[0].device.type
+    # meta tensors (shape-only runs) have no autocast state
+    if not torch.amp.is_autocast_available(device_type):
+        return tensors
     if not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
