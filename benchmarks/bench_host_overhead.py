@@ -144,7 +144,9 @@ def attention_cases(device: str) -> dict[str, Callable[[], object]]:
     def sdpa(q, k, v):  # the plain-torch way: one SDPA per group of equal lengths
         outs = []
         for rows, length in ((slice(0, 10), 5), (slice(10, 16), 3)):
-            qs, ks, vs = (t[rows].view(-1, length, heads, head_dim).transpose(1, 2) for t in (q, k, v))
+            qs, ks, vs = (
+                t[rows].view(-1, length, heads, head_dim).transpose(1, 2) for t in (q, k, v)
+            )
             out = F.scaled_dot_product_attention(qs, ks, vs)
             outs.append(out.transpose(1, 2).reshape(-1, heads, head_dim))
         return torch.cat(outs)
@@ -182,7 +184,9 @@ def patch_embed_cases(device: str) -> dict[str, Callable[[], object]]:
         )
 
     return {
-        "masked_patch_embed fwd mixfast": lambda: ops.masked_patch_embed(images, w0, b0, p0, ids_keep),
+        "masked_patch_embed fwd mixfast": lambda: ops.masked_patch_embed(
+            images, w0, b0, p0, ids_keep
+        ),
         "masked_patch_embed fwd torch conv+gather": lambda: conv_gather(w0, b0, p0),
         "masked_patch_embed fwd+bwd mixfast": _backward(
             lambda: ops.masked_patch_embed(images, weight, bias, pos, ids_keep)
@@ -199,7 +203,9 @@ def masking_cases(device: str) -> dict[str, Callable[[], object]]:
     from mixfast.masking import mae_random_masking, random_masking
 
     return {
-        "random_masking mixfast": lambda: random_masking(2, 16, 0.75, seed=0, offset=3, device=device),
+        "random_masking mixfast": lambda: random_masking(
+            2, 16, 0.75, seed=0, offset=3, device=device
+        ),
         "random_masking torch MAE argsort": lambda: mae_random_masking(2, 16, 0.75, device=device),
     }
 
@@ -259,7 +265,9 @@ def measure(devices: list[str], calls: int, step_calls: int) -> list[dict]:
             (step_cases(device, "varlen"), step_calls),
         ]
         if device == "cpu":
-            groups.append(({"step mix (sdpa)": step_cases(device, "sdpa")["step mix (sdpa)"]}, step_calls))
+            groups.append(
+                ({"step mix (sdpa)": step_cases(device, "sdpa")["step mix (sdpa)"]}, step_calls)
+            )
         for cases, n in groups:
             for name, fn in cases.items():
                 row = {"device": device, "case": name, **per_call_us(fn, n)}
@@ -269,7 +277,9 @@ def measure(devices: list[str], calls: int, step_calls: int) -> list[dict]:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'device':6} {'case':45} {'min us':>9} {'median us':>10} {'ops':>5} {'compute':>7} {'syncs':>5}")
+    print(
+        f"{'device':6} {'case':45} {'min us':>9} {'median us':>10} {'ops':>5} {'compute':>7} {'syncs':>5}"
+    )
     for r in rows:
         print(
             f"{r['device']:6} {r['case']:45} {r['min_us']:9.1f} {r['median_us']:10.1f} "

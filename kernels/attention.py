@@ -25,6 +25,7 @@ bandwidth- and latency-bound: the whole call moves a few tens of MB. So:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -227,6 +228,7 @@ def _tile(max_seqlen: int) -> int:
     return min(max(16, triton.next_power_of_2(max(max_seqlen, 1))), MAX_TILE)
 
 
+@functools.cache  # read-only lists: callers copy a config before changing it
 def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Launch configs worth timing; the first is the default (and the interpreter's). Each one
     compiles for sm_90 without register spills (ptxas -v, strides divisible by 16 as the JIT
@@ -249,6 +251,7 @@ def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
     return _unique(configs)
 
 
+@functools.cache
 def _bwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
     """BLOCK_N (the key tile a program owns) = tile keeps every sequence up to 128 tokens on the
     one-pass path; a smaller key tile trades that for smaller, more numerous programs."""

@@ -151,10 +151,15 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
     ctx.max_seqlen = max_seqlen
     ctx.softmax_scale = softmax_scale
+    # lse never gets a gradient: without this, autograd would fill a zero [H, T] tensor for it
+    # (one more kernel per block and step)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_lse):
     # lse is an auxiliary output for the backward; its gradient is ignored.
+    if grad_out is None:  # out did not reach the loss
+        return None, None, None, None, None, None
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     dq, dk, dv = varlen_attn_bwd(
         grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale

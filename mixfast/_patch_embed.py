@@ -344,25 +344,25 @@ def _packed_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(images, weight, ids_keep, full_offsets, keep_offsets)
 
 
-def _gather_rows(grad: Tensor, rows: Tensor) -> Tensor:
-    """grad[rows] with zeros where rows == -1 (the appended zero row)."""
-    padded = torch.cat([grad, grad.new_zeros(1, grad.shape[1])])
-    return padded[rows]
+def _pad_row(grad: Tensor) -> Tensor:
+    """grad [R, D] with a zero row appended: indexing it with -1 reads zeros."""
+    return torch.cat([grad, grad.new_zeros(1, grad.shape[1])])
 
 
 def _packed_backward(ctx, grad_out):
     images, weight, ids_keep, full_offsets, keep_offsets = ctx.saved_tensors
+    padded = _pad_row(grad_out)  # once for both views
     if full_offsets is None:  # tokens are the kept patches, as in the forward
         patch_ids = ids_keep
-        grad_tokens = _gather_rows(grad_out, _view_rows(keep_offsets, ids_keep.shape[1]))
+        grad_tokens = padded[_view_rows(keep_offsets, ids_keep.shape[1])]
     else:  # tokens are all N patches; a kept patch also collects its kept-view row
         patch_ids = None
-        grad_tokens = _gather_rows(grad_out, _view_rows(full_offsets, ctx.num_patches))
+        grad_tokens = padded[_view_rows(full_offsets, ctx.num_patches)]
         if keep_offsets is not None:
             slots = _keep_slots(ids_keep, ctx.num_patches)
             keep_base = keep_offsets.long()[:, None]
             rows = torch.where((slots >= 0) & (keep_base >= 0), keep_base + slots, -1)
-            grad_tokens = grad_tokens + _gather_rows(grad_out, rows)
+            grad_tokens = grad_tokens + padded[rows]
     grad_weight, grad_bias, grad_pos = _patch_embed_backward_op(
         grad_tokens, images, weight, patch_ids
     )

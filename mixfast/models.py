@@ -28,6 +28,7 @@ packed path must equal.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -316,7 +317,8 @@ class MixMAE(nn.Module):
         batch, kept = ids_keep.shape
         shapes = [(batch, self.num_patches + 1), (batch, kept + 1)]
         cu_seqlens = _cu_seqlens(shapes, images.device)
-        starts = cu_seqlens[:-1]
+        starts = _packed_index(tuple(shapes), images.device, torch.int64)[:-1]  # cls rows
+        patch_rows = _packed_index(tuple(shapes), images.device, torch.int64, shift=1)[:-1]
         vit = self.encoder
         proj = vit.patch_embed.proj
         x = ops.packed_patch_embed(
@@ -326,11 +328,11 @@ class MixMAE(nn.Module):
             vit.pos_embed[0, 1:],
             sum(b * length for b, length in shapes),
             ids_keep=ids_keep,
-            full_offsets=starts[:batch] + 1,
-            keep_offsets=starts[batch:] + 1,
+            full_offsets=patch_rows[:batch],
+            keep_offsets=patch_rows[batch:],
         )
         cls = (vit.cls_token + vit.pos_embed[:, :1]).reshape(1, -1)
-        x = x.to(cls.dtype).index_copy(0, starts.long(), cls.expand(starts.shape[0], -1))
+        x = x.to(cls.dtype).index_copy(0, starts, cls.expand(starts.shape[0], -1))
         x = vit.norm_pre(vit.pos_drop(x))
         return self._blocks_packed(x, shapes, cu_seqlens)
 
@@ -631,12 +633,35 @@ def _slice_masking(masking: MaskingResult, rows: int) -> MaskingResult:
 
 def _cu_seqlens(shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
     """int32 [S + 1] start offsets of groups of `b` sequences of length `length`, back to back."""
-    starts, total = [torch.zeros(1, dtype=torch.int32, device=device)], 0
+    return _packed_index(tuple(shapes), device, torch.int32)
+
+
+def _packed_index(
+    shapes: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype, shift: int = 0
+) -> torch.Tensor:
+    """cu_seqlens of `shapes` plus `shift`, as `dtype` on `device`, built on the host.
+
+    The layout repeats every step, so eager calls share one cached tensor (no launch, no copy
+    after the first step). Traced (torch.compile) and inference-mode calls build their own: a
+    compiled graph keeps it as a constant, and an inference tensor could not be saved for
+    backward by a later training step.
+    """
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+        return _build_packed_index(shapes, device, dtype, shift)
+    return _cached_packed_index(shapes, device, dtype, shift)
+
+
+def _build_packed_index(
+    shapes: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype, shift: int
+) -> torch.Tensor:
+    starts = [0]
     for b, length in shapes:
-        ends = torch.arange(1, b + 1, dtype=torch.int32, device=device) * length + total
-        starts.append(ends)
-        total += b * length
-    return torch.cat(starts)
+        base = starts[-1]
+        starts.extend(base + length * i for i in range(1, b + 1))
+    return torch.tensor([start + shift for start in starts], dtype=dtype, device=device)
+
+
+_cached_packed_index = functools.lru_cache(maxsize=32)(_build_packed_index)
 
 
 class PackedLayout(NamedTuple):
