@@ -377,12 +377,16 @@ def varlen_attn_bwd(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk, dv, contiguous. grad_out may be any view (e.g. expanded, stride 0)."""
+    """dq, dk, dv, contiguous, or written into `grads` (three [T, H, Dh] tensors with the last
+    dim contiguous, e.g. dqkv.unbind(1)). grad_out may be any view (e.g. expanded, stride 0)."""
     q, k, v, out = (_last_dim_contiguous(t) for t in (q, k, v, out))
     grad_out = grad_out.to(q.dtype).contiguous()
     lse, cu_seqlens = lse.contiguous(), cu_seqlens.contiguous()
-    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    if grads is None:
+        grads = tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    dq, dk, dv = grads
     total, heads, head_dim = q.shape
     num_seqs = cu_seqlens.shape[0] - 1
     if total == 0 or num_seqs == 0 or max_seqlen == 0:

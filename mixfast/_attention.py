@@ -170,6 +170,86 @@ def _backward(ctx, grad_out, grad_lse):
 varlen_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The same attention on one packed projection qkv [T, 3, H, Dh] (q, k, v = qkv.unbind(1)). Its
+# backward writes dq, dk, dv straight into one [T, 3, H, Dh] gradient: with three separate
+# inputs, autograd would torch.stack them into it (one more copy of the projection per block).
+
+
+@torch.library.custom_op("mixfast::varlen_attn_qkvpacked_fwd", mutates_args=())
+def varlen_attn_qkvpacked_fwd(
+    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """out [T, H, Dh] (contiguous) and lse [H, T] fp32, as varlen_attn_fwd on qkv.unbind(1)."""
+    q, k, v = qkv.unbind(1)
+    if not q.is_cuda:
+        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+    if use_triton(q):
+        from mixfast.kernels.attention import varlen_attn_fwd as triton_fwd
+
+        return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale)
+    return _reference_fwd(q, k, v, cu_seqlens, softmax_scale)
+
+
+@varlen_attn_qkvpacked_fwd.register_fake
+def _(qkv, cu_seqlens, max_seqlen, softmax_scale):
+    total, _, heads, head_dim = qkv.shape
+    out = qkv.new_empty((total, heads, head_dim))
+    return out, qkv.new_empty((heads, total), dtype=torch.float32)
+
+
+@torch.library.custom_op("mixfast::varlen_attn_qkvpacked_bwd", mutates_args=())
+def varlen_attn_qkvpacked_bwd(
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float,
+) -> torch.Tensor:
+    """dqkv [T, 3, H, Dh] (contiguous, qkv's dtype)."""
+    q, k, v = qkv.unbind(1)
+    if use_triton(q):
+        from mixfast.kernels.attention import varlen_attn_bwd as triton_bwd
+
+        dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+        triton_bwd(
+            grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale, dqkv.unbind(1)
+        )
+        return dqkv
+    grads = _reference_bwd(grad_out, q, k, v, out, lse, cu_seqlens, softmax_scale)
+    return torch.stack(grads, dim=1)
+
+
+@varlen_attn_qkvpacked_bwd.register_fake
+def _(grad_out, qkv, out, lse, cu_seqlens, max_seqlen, softmax_scale):
+    return qkv.new_empty(qkv.shape)
+
+
+def _qkvpacked_setup_context(ctx, inputs, output):
+    qkv, cu_seqlens, max_seqlen, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, cu_seqlens)
+    ctx.max_seqlen = max_seqlen
+    ctx.softmax_scale = softmax_scale
+    ctx.set_materialize_grads(False)  # as above: no zero gradient for lse
+
+
+def _qkvpacked_backward(ctx, grad_out, grad_lse):
+    if grad_out is None:
+        return None, None, None, None
+    qkv, out, lse, cu_seqlens = ctx.saved_tensors
+    dqkv = varlen_attn_qkvpacked_bwd(
+        grad_out, qkv, out, lse, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale
+    )
+    return dqkv, None, None, None
+
+
+varlen_attn_qkvpacked_fwd.register_autograd(
+    _qkvpacked_backward, setup_context=_qkvpacked_setup_context
+)
+
+
 # ----------------------------------------------------------------------------------------------
 # Public function and input checks
 # ----------------------------------------------------------------------------------------------
@@ -196,6 +276,26 @@ def varlen_attention(
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     out, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, float(softmax_scale))
+    return out
+
+
+def varlen_attention_qkvpacked(
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """`varlen_attention(*qkv.unbind(1), cu_seqlens, max_seqlen, softmax_scale)` for one packed
+    projection qkv [T, 3, H, Dh] (e.g. `qkv_linear(x).view(T, 3, H, Dh)`), with a backward
+    that returns dqkv in one buffer (no stack of dq, dk, dv). Same numbers as varlen_attention.
+    """
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 4 or qkv.shape[1] != 3:
+        shape = list(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
+        raise ValueError(f"varlen_attention_qkvpacked: qkv must be [T, 3, H, Dh]; got {shape}")
+    _check_inputs(*qkv.unbind(1), cu_seqlens, max_seqlen)
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(qkv.shape[-1])
+    out, _ = varlen_attn_qkvpacked_fwd(qkv, cu_seqlens, max_seqlen, float(softmax_scale))
     return out
 
 

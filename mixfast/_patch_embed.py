@@ -358,11 +358,10 @@ def _packed_backward(ctx, grad_out):
     else:  # tokens are all N patches; a kept patch also collects its kept-view row
         patch_ids = None
         grad_tokens = padded[_view_rows(full_offsets, ctx.num_patches)]
-        if keep_offsets is not None:
-            slots = _keep_slots(ids_keep, ctx.num_patches)
-            keep_base = keep_offsets.long()[:, None]
-            rows = torch.where((slots >= 0) & (keep_base >= 0), keep_base + slots, -1)
-            grad_tokens = grad_tokens + padded[rows]
+        if keep_offsets is not None:  # plus the grads of its kept-view rows
+            kept = padded[_view_rows(keep_offsets, ids_keep.shape[1])]  # [B, K, D]
+            index = ids_keep.long()[..., None].expand_as(kept)
+            grad_tokens = grad_tokens.scatter_add(1, index, kept)
     grad_weight, grad_bias, grad_pos = _patch_embed_backward_op(
         grad_tokens, images, weight, patch_ids
     )

@@ -40,6 +40,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from mixfast import ops
+from mixfast._attention import varlen_attention_qkvpacked
 from mixfast.masking import MaskingResult, random_masking
 from mixfast.reference import patchify_images
 
@@ -694,12 +695,16 @@ def _attention_packed(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) ->
     """timm Attention on a packed [T, D] buffer; each sequence attends only to itself."""
     tokens = x.shape[0]
     qkv = attn.qkv(x).view(tokens, 3, attn.num_heads, attn.head_dim)
-    q, k, v = qkv.unbind(1)  # [T, H, Dh] each
-    q, k = attn.q_norm(q).to(v.dtype), attn.k_norm(k).to(v.dtype)
-    if layout.varlen:
-        out = ops.varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, attn.scale)
+    plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
+    if layout.varlen and plain_qk:  # the backward fills one dqkv buffer, no stack
+        out = varlen_attention_qkvpacked(qkv, layout.cu_seqlens, layout.max_seqlen, attn.scale)
     else:
-        out = _grouped_attention(q, k, v, layout.shapes, attn.scale)
+        q, k, v = qkv.unbind(1)  # [T, H, Dh] each
+        q, k = attn.q_norm(q).to(v.dtype), attn.k_norm(k).to(v.dtype)
+        if layout.varlen:
+            out = ops.varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, attn.scale)
+        else:
+            out = _grouped_attention(q, k, v, layout.shapes, attn.scale)
     out = out.reshape(tokens, -1)
     norm = getattr(attn, "norm", None)  # scale_attn_norm (newer timm)
     if norm is not None:
