@@ -151,12 +151,22 @@ def attention_cases(device: str) -> dict[str, Callable[[], object]]:
             outs.append(out.transpose(1, 2).reshape(-1, heads, head_dim))
         return torch.cat(outs)
 
-    return {
+    cases = {
         "attention fwd mixfast": lambda: ops.varlen_attention(q, k, v, cu, 5),
         "attention fwd torch sdpa": lambda: sdpa(q, k, v),
         "attention fwd+bwd mixfast": _backward(lambda: ops.varlen_attention(qg, kg, vg, cu, 5)),
         "attention fwd+bwd torch sdpa": _backward(lambda: sdpa(qg, kg, vg)),
     }
+    try:  # the model's packed path (newer revisions only)
+        from mixfast._attention import varlen_attention_qkvpacked
+    except ImportError:
+        return cases
+    qkv = torch.stack((q, k, v), dim=1).requires_grad_()
+    cases["attention fwd+bwd mixfast qkvpacked"] = _backward(
+        lambda: varlen_attention_qkvpacked(qkv, cu, 5)
+    )
+    cases["attention fwd+bwd torch sdpa on qkv.unbind"] = _backward(lambda: sdpa(*qkv.unbind(1)))
+    return cases
 
 
 def patch_embed_cases(device: str) -> dict[str, Callable[[], object]]:
@@ -262,7 +272,7 @@ def measure(devices: list[str], calls: int, step_calls: int) -> list[dict]:
             (attention_cases(device), calls),
             (patch_embed_cases(device), calls),
             (masking_cases(device), calls),
-            (step_cases(device, "varlen"), step_calls),
+            (step_cases(device, "varlen"), step_calls if device == "cpu" else 3),
         ]
         if device == "cpu":
             groups.append(
@@ -314,22 +324,32 @@ def child_rows(args: argparse.Namespace, pythonpath: str | None) -> list[dict]:
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
-    """Alternate child runs of REV (before) and the working tree (after); medians per row."""
+    """Alternate child runs of REV (before) and the working tree (after), who goes first
+    swapping every round; medians per row."""
     runs: dict[str, list[list[dict]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
         before_path = str(export_revision(args.against, Path(tmp)))
-        for _ in range(args.rounds):
-            runs["before"].append(child_rows(args, before_path))
-            runs["after"].append(child_rows(args, str(ROOT)))
+        paths = {"before": before_path, "after": str(ROOT)}
+        for i in range(args.rounds):
+            for label in ("before", "after") if i % 2 == 0 else ("after", "before"):
+                runs[label].append(child_rows(args, paths[label]))
+    keyed = {
+        label: [{(r["device"], r["case"]): r for r in run} for run in rounds]
+        for label, rounds in runs.items()
+    }
     merged = []
-    for i, row in enumerate(runs["after"][0]):
+    for row in runs["after"][0]:
+        key = (row["device"], row["case"])
         out = {"device": row["device"], "case": row["case"]}
-        for label, rounds in runs.items():
-            out[f"{label}_median_us"] = statistics.median(r[i]["median_us"] for r in rounds)
-            out[f"{label}_min_us"] = min(r[i]["min_us"] for r in rounds)
-            out[f"{label}_compute_ops"] = rounds[0][i]["compute_ops"]
-            out[f"{label}_syncs"] = rounds[0][i]["syncs"]
-        out["speedup"] = out["before_median_us"] / out["after_median_us"]
+        for label, rounds in keyed.items():
+            if key not in rounds[0]:  # a case the old revision cannot run
+                out.update({f"{label}_{m}": None for m in ("median_us", "min_us", "compute_ops")})
+                continue
+            out[f"{label}_median_us"] = statistics.median(r[key]["median_us"] for r in rounds)
+            out[f"{label}_min_us"] = min(r[key]["min_us"] for r in rounds)
+            out[f"{label}_compute_ops"] = rounds[0][key]["compute_ops"]
+        before, after = out["before_median_us"], out["after_median_us"]
+        out["speedup"] = before / after if before else None
         merged.append(out)
     return merged
 
@@ -337,14 +357,18 @@ def compare(args: argparse.Namespace) -> list[dict]:
 def print_compare(rows: list[dict], rev: str) -> None:
     print(f"before = {rev}, after = working tree; medians of per-round median us")
     print(
-        f"{'device':6} {'case':45} {'before':>9} {'after':>9} {'speedup':>7} "
-        f"{'ops before':>10} {'ops after':>9} {'syncs b/a':>9}"
+        f"{'device':6} {'case':45} {'before us':>10} {'after us':>9} {'speedup':>7} "
+        f"{'ops before':>10} {'ops after':>9}"
     )
+
+    def show(value, spec):
+        return format(value, spec) if value is not None else format("-", spec.rstrip("df."))
+
     for r in rows:
         print(
-            f"{r['device']:6} {r['case']:45} {r['before_median_us']:9.1f} "
-            f"{r['after_median_us']:9.1f} {r['speedup']:6.2f}x {r['before_compute_ops']:10d} "
-            f"{r['after_compute_ops']:9d} {r['before_syncs']:4d}/{r['after_syncs']:<4d}"
+            f"{r['device']:6} {r['case']:45} {show(r['before_median_us'], '10.1f')} "
+            f"{show(r['after_median_us'], '9.1f')} {show(r['speedup'], '6.2f')}x "
+            f"{show(r['before_compute_ops'], '10d')} {show(r['after_compute_ops'], '9d')}"
         )
 
 

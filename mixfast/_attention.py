@@ -30,17 +30,38 @@ MAX_HEAD_DIM = 256
 # ----------------------------------------------------------------------------------------------
 
 
-def _length_groups(cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
-    """Row indices [n, L] of every group of non-empty sequences sharing one length L."""
-    cu = cu_seqlens.to("cpu", torch.int64)
-    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+def _length_groups(cu_seqlens: torch.Tensor) -> list[tuple[slice | torch.Tensor, int, int]]:
+    """(rows, n, L) for every group of n non-empty sequences sharing one length L: rows is a
+    slice when they lie back to back (a mix step's layout: views, no gather), else the row
+    indices [n, L]. One host read of cu_seqlens."""
+    cu = cu_seqlens.tolist()
+    starts_by_length: dict[int, list[int]] = {}
+    for start, end in zip(cu, cu[1:]):
+        if end > start:
+            starts_by_length.setdefault(end - start, []).append(start)
     groups = []
-    for length in torch.unique(lengths).tolist():
-        if length == 0:
-            continue
-        group_starts = starts[lengths == length]
-        groups.append(group_starts[:, None] + torch.arange(length))
+    for length, starts in sorted(starts_by_length.items()):
+        n = len(starts)
+        if starts[-1] - starts[0] == (n - 1) * length:  # every gap is one length: contiguous
+            groups.append((slice(starts[0], starts[0] + n * length), n, length))
+        else:
+            groups.append((torch.tensor(starts)[:, None] + torch.arange(length), n, length))
     return groups
+
+
+def _take(t: torch.Tensor, rows: slice | torch.Tensor, n: int, length: int) -> torch.Tensor:
+    """Rows of one group of t [T, ...] as [n, L, ...]."""
+    if isinstance(rows, slice):
+        return t[rows].view(n, length, *t.shape[1:])
+    return t[rows.to(t.device)]
+
+
+def _put(dst: torch.Tensor, rows: slice | torch.Tensor, value: torch.Tensor) -> None:
+    """dst[rows] = value [n, L, ...] (the inverse of _take)."""
+    if isinstance(rows, slice):
+        dst[rows] = value.flatten(0, 1)
+    else:
+        dst[rows.to(dst.device)] = value
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -53,15 +74,15 @@ def _reference_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     total, heads, _ = q.shape
     out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.zeros(heads, total, dtype=torch.float32, device=q.device)
-    for rows in _length_groups(cu_seqlens):
-        rows = rows.to(q.device)
-        s = _scores(q[rows], k[rows], scale)
+    lse = torch.zeros(total, heads, dtype=torch.float32, device=q.device)  # [H, T] at the end
+    for rows, n, length in _length_groups(cu_seqlens):
+        s = _scores(_take(q, rows, n, length), _take(k, rows, n, length), scale)
         lse_g = torch.logsumexp(s, dim=-1)  # [n, H, L]
         p = torch.exp(s - lse_g[..., None])
-        out[rows] = torch.einsum("nhij,njhd->nihd", p, v[rows].float()).to(q.dtype)
-        lse[:, rows] = lse_g.permute(1, 0, 2)
-    return out, lse
+        vg = _take(v, rows, n, length).float()
+        _put(out, rows, torch.einsum("nhij,njhd->nihd", p, vg).to(q.dtype))
+        _put(lse, rows, lse_g.transpose(1, 2))
+    return out, lse.t().contiguous()
 
 
 def _reference_bwd(
@@ -75,17 +96,18 @@ def _reference_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-    for rows in _length_groups(cu_seqlens):
-        rows = rows.to(q.device)
-        qg, kg, vg = q[rows].float(), k[rows].float(), v[rows].float()
-        do, o = grad_out[rows].float(), out[rows].float()
-        p = torch.exp(_scores(qg, kg, scale) - lse[:, rows].permute(1, 0, 2)[..., None])
+    lse_t = lse.t()  # [T, H]
+    for rows, n, length in _length_groups(cu_seqlens):
+        qg, kg, vg = (_take(t, rows, n, length).float() for t in (q, k, v))
+        do, o = (_take(t, rows, n, length).float() for t in (grad_out, out))
+        lse_g = _take(lse_t, rows, n, length).transpose(1, 2)  # [n, H, L]
+        p = torch.exp(_scores(qg, kg, scale) - lse_g[..., None])
         delta = (do * o).sum(-1).transpose(1, 2)  # [n, H, L]
         dp = torch.einsum("nihd,njhd->nhij", do, vg)
         ds = p * (dp - delta[..., None])
-        dv[rows] = torch.einsum("nhij,nihd->njhd", p, do).to(v.dtype)
-        dq[rows] = (torch.einsum("nhij,njhd->nihd", ds, kg) * scale).to(q.dtype)
-        dk[rows] = (torch.einsum("nhij,nihd->njhd", ds, qg) * scale).to(k.dtype)
+        _put(dv, rows, torch.einsum("nhij,nihd->njhd", p, do).to(v.dtype))
+        _put(dq, rows, (torch.einsum("nhij,njhd->nihd", ds, kg) * scale).to(q.dtype))
+        _put(dk, rows, (torch.einsum("nhij,nihd->njhd", ds, qg) * scale).to(k.dtype))
     return dq, dk, dv
 
 
@@ -334,17 +356,17 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen) -> None:
 
 def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
     """Value checks (they read cu_seqlens, so only on paths that read it anyway)."""
-    cu = cu_seqlens.to("cpu", torch.int64)
-    lengths = cu[1:] - cu[:-1]
+    cu = cu_seqlens.tolist()
+    lengths = [end - start for start, end in zip(cu, cu[1:])]
     if cu[0] != 0 or cu[-1] != total:
         raise ValueError(
             f"varlen_attention: cu_seqlens must start at 0 and end at T={total}; got "
-            f"{cu[0].item()} .. {cu[-1].item()}"
+            f"{cu[0]} .. {cu[-1]}"
         )
-    if lengths.numel() and lengths.min() < 0:
+    if lengths and min(lengths) < 0:
         raise ValueError("varlen_attention: cu_seqlens must be non-decreasing")
-    if lengths.numel() and lengths.max() > max_seqlen:
+    if lengths and max(lengths) > max_seqlen:
         raise ValueError(
             f"varlen_attention: max_seqlen={max_seqlen} is smaller than the longest sequence "
-            f"({lengths.max().item()})"
+            f"({max(lengths)})"
         )
