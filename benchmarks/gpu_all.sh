@@ -46,9 +46,16 @@ if has step; then
   run_bench mixed_step python3 benchmarks/bench_mixed_step.py --device cuda
 fi
 if has e2e; then
-  log "end to end: SSL+SL vs MixTraining on Fashion-MNIST"
-  timeout 420 python3 -m mixfast compare --dataset fashion-mnist --device cuda \
-    --out "$OUT/compare" ${E2E_ARGS:-} 2>&1 | tail -30 | tee -a "$OUT/summary.log"
-  cp "$OUT/compare/compare.json" "$OUT/compare.json" 2>/dev/null || true
+  # Same epoch budgets for SSL+SL and MixTraining at rho 0.5 and 1 (issue 8 item 4).
+  E2E_ARGS=${E2E_ARGS:---train-limit 60000 --test-limit 10000 --batch-size 256 --blr 1e-3 \
+    --ssl-blr 1.5e-4 --ssl-epochs 16 --sl-epochs 16 --fractions 0.1 1.0 --seeds 0}
+  log "end to end: SSL+SL vs MixTraining (rho 0.5) on Fashion-MNIST: $E2E_ARGS"
+  timeout 300 python3 -m mixfast compare --dataset fashion-mnist --device cuda --mix-ratio 0.5 \
+    --out "$OUT/e2e-rho0.5" $E2E_ARGS 2>&1 | tail -12 | tee -a "$OUT/summary.log"
+  log "end to end: MixTraining rho 1"
+  timeout 200 python3 -m mixfast compare --dataset fashion-mnist --device cuda --mix-ratio 1.0 \
+    --pipelines mix --out "$OUT/e2e-rho1" $E2E_ARGS 2>&1 | tail -8 | tee -a "$OUT/summary.log"
+  cp "$OUT/e2e-rho0.5/compare.json" "$OUT/e2e-rho0.5.json" 2>/dev/null || true
+  cp "$OUT/e2e-rho1/compare.json" "$OUT/e2e-rho1.json" 2>/dev/null || true
 fi
 log "done"
