@@ -640,12 +640,13 @@ def _cu_seqlens(shapes: list[tuple[int, int]], device: torch.device) -> torch.Te
 def _packed_index(
     shapes: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype, shift: int = 0
 ) -> torch.Tensor:
-    """cu_seqlens of `shapes` plus `shift`, as `dtype` on `device`, built on the host.
+    """cu_seqlens of `shapes` plus `shift`, as `dtype` on `device`.
 
-    The layout repeats every step, so eager calls share one cached tensor (no launch, no copy
-    after the first step). Traced (torch.compile) and inference-mode calls build their own: a
-    compiled graph keeps it as a constant, and an inference tensor could not be saved for
-    backward by a later training step.
+    The layout repeats every step, so eager calls share one cached tensor (no launch after the
+    first step). Traced (torch.compile) and inference-mode calls build their own: a compiled
+    graph keeps it as a constant, and an inference tensor could not be saved for backward by a
+    later training step. Built on the device, never copied from the host: a pageable H2D copy
+    would synchronise the stream (a new layout can appear mid-epoch, e.g. a short last batch).
     """
     if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
         return _build_packed_index(shapes, device, dtype, shift)
@@ -655,11 +656,11 @@ def _packed_index(
 def _build_packed_index(
     shapes: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype, shift: int
 ) -> torch.Tensor:
-    starts = [0]
+    pieces, total = [torch.full((1,), shift, dtype=dtype, device=device)], shift
     for b, length in shapes:
-        base = starts[-1]
-        starts.extend(base + length * i for i in range(1, b + 1))
-    return torch.tensor([start + shift for start in starts], dtype=dtype, device=device)
+        pieces.append(torch.arange(1, b + 1, dtype=dtype, device=device) * length + total)
+        total += b * length
+    return torch.cat(pieces)
 
 
 _cached_packed_index = functools.lru_cache(maxsize=32)(_build_packed_index)
