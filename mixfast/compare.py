@@ -21,7 +21,9 @@ PIPELINES = ("sl", "ssl+sl", "mix")
 PROTOCOL = (
     "Evaluation protocol: top-1 of the fine-tuned classifier after the last epoch on the "
     "held-out test split, identical for every pipeline; the pipelines of one seed share the "
-    "labeled subset and the initial weights, and get the same SSL and SL epoch budgets."
+    "labeled subset and the initial weights, and get the same SSL and SL epoch budgets "
+    "(with --ssl-pool all a mix epoch is one pass over the larger SSL pool with the labeled set "
+    "cycled, so mix makes more SL sample-passes: each run's sample_passes says how many)."
 )
 # The README's main command: all three pipelines at two label fractions of a 10000-image
 # Fashion-MNIST subset, sized to end within 10 minutes on 2 CPU cores. Short runs on small
