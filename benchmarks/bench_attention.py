@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +33,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import quantiles_ms  # noqa: E402
 
 from mixfast import ops  # noqa: E402
 from mixfast._attention import _reference_bwd, _reference_fwd  # noqa: E402
@@ -146,21 +148,8 @@ def step_fn(fn: Callable, x: dict, mode: str) -> Callable:
     return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad)
 
 
-def time_ms(run: Callable, device: torch.device, budget_ms: float = 150.0) -> list[float]:
-    """[median, q20, q80] in ms, warm-up and compilation excluded."""
-    run()  # compile / autotune
-    if device.type == "cuda":
-        from triton.testing import do_bench
-
-        torch.cuda.synchronize()
-        return list(do_bench(run, warmup=25, rep=budget_ms, quantiles=[0.5, 0.2, 0.8]))
-    samples, deadline = [], time.perf_counter() + budget_ms / 1e3
-    while len(samples) < 3 or (time.perf_counter() < deadline and len(samples) < 50):
-        t0 = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    qs = statistics.quantiles(samples, n=10)
-    return [statistics.median(samples), qs[1], qs[7]]
+def time_ms(run: Callable, device: torch.device) -> list[float]:
+    return quantiles_ms(run, device, budget_ms=150.0, warmup_ms=25.0, max_samples=50)
 
 
 def work(x: dict, mode: str, element_size: int) -> tuple[float, float]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import environment  # noqa: E402
+from conftest import environment, quantiles_ms  # noqa: E402
 
 from mixfast import ops  # noqa: E402
 from mixfast.reference import masked_patch_embed_reference  # noqa: E402
@@ -167,21 +166,8 @@ def max_abs_diff(results, ref: list[torch.Tensor]) -> float:
     return max((r.float() - w).abs().max().item() for r, w in zip(results, ref))
 
 
-def time_ms(run: Callable, device: torch.device, budget_ms: float = 100.0) -> list[float]:
-    """[median, q20, q80] in ms, warm-up and compilation excluded."""
-    run()
-    if device.type == "cuda":
-        from triton.testing import do_bench
-
-        torch.cuda.synchronize()
-        return list(do_bench(run, warmup=10, rep=budget_ms, quantiles=[0.5, 0.2, 0.8]))
-    samples, deadline = [], time.perf_counter() + budget_ms / 1e3
-    while len(samples) < 3 or (time.perf_counter() < deadline and len(samples) < 30):
-        t0 = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    qs = statistics.quantiles(samples, n=10)
-    return [statistics.median(samples), qs[1], qs[7]]
+def time_ms(run: Callable, device: torch.device) -> list[float]:
+    return quantiles_ms(run, device, budget_ms=100.0, warmup_ms=10.0, max_samples=30)
 
 
 def work(x: dict, view: str, mode: str) -> tuple[float, float]:

@@ -99,6 +99,30 @@ def time_ms(
     return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": reps}
 
 
+def quantiles_ms(
+    run: Callable[[], Any],
+    device: str | torch.device,
+    budget_ms: float = 100.0,
+    warmup_ms: float = 10.0,
+    max_samples: int = 30,
+) -> list[float]:
+    """[median, q20, q80] ms per run(), the first call (compile / autotune) excluded. CUDA:
+    triton's do_bench (CUDA events); CPU: each call timed, for `budget_ms` or `max_samples`."""
+    run()
+    if torch.device(device).type == "cuda":
+        from triton.testing import do_bench
+
+        torch.cuda.synchronize()
+        return list(do_bench(run, warmup=warmup_ms, rep=budget_ms, quantiles=[0.5, 0.2, 0.8]))
+    samples, deadline = [], time.perf_counter() + budget_ms / 1e3
+    while len(samples) < 3 or (time.perf_counter() < deadline and len(samples) < max_samples):
+        start = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - start) * 1e3)
+    deciles = statistics.quantiles(samples, n=10)
+    return [statistics.median(samples), deciles[1], deciles[7]]
+
+
 def write_json(path: str, results: list[dict[str, Any]], device: str | None = None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
