@@ -1,6 +1,6 @@
 """One rank of the DDP test: `torchrun --nproc_per_node 2 tests/_ddp_worker.py OUT`.
 
-Also the home of the tiny model and data both sides of the comparison use.
+The tiny model and data both sides of the comparison use come from tests/_tiny.py.
 """
 
 from __future__ import annotations
@@ -8,36 +8,9 @@ from __future__ import annotations
 import sys
 
 import torch
-from torch.utils.data import TensorDataset
+from _tiny import tiny_data, tiny_model
 
-from mixfast import create_model
 from mixfast.trainer import TrainConfig, train
-
-CLASSES = 4
-
-
-def tiny_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_model(
-        "vit_tiny_patch16_224",
-        img_size=16,
-        patch_size=4,
-        in_chans=1,
-        num_classes=CLASSES,
-        depth=2,
-        embed_dim=32,
-        num_heads=2,
-        decoder_dim=16,
-        decoder_depth=1,
-        decoder_heads=2,
-    )
-
-
-def tiny_data(n: int, seed: int) -> TensorDataset:
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, CLASSES, (n,), generator=gen)
-    images = torch.randn(n, 1, 16, 16, generator=gen) + labels.view(-1, 1, 1, 1).float()
-    return TensorDataset(images, labels)
 
 
 def config(out: str | None, *, batch_size: int, accum_steps: int) -> TrainConfig:
@@ -64,7 +37,7 @@ def main(out: str) -> None:
     torch.set_num_threads(1)
     result = train(
         config(out, batch_size=8, accum_steps=1),
-        tiny_model(),
+        tiny_model(drop_path=0.0),  # DDP equals 1 process only without random drop_path
         None,
         tiny_data(64, seed=1),
         tiny_data(20, seed=2),

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+from _tiny import CLASSES, tiny_data, tiny_model
 from torch.utils.data import DataLoader, TensorDataset
 
 from mixfast import create_model
@@ -23,33 +24,6 @@ from mixfast.trainer import (
     config_from_args,
     train,
 )
-
-CLASSES = 4
-
-
-def tiny_model(seed: int = 0, drop_path: float = 0.1):
-    torch.manual_seed(seed)
-    return create_model(
-        "vit_tiny_patch16_224",
-        img_size=16,
-        patch_size=4,
-        in_chans=1,
-        num_classes=CLASSES,
-        depth=2,
-        embed_dim=32,
-        num_heads=2,
-        decoder_dim=16,
-        decoder_depth=1,
-        decoder_heads=2,
-        drop_path_rate=drop_path,  # random: resume must restore the RNG to match
-    )
-
-
-def tiny_data(n: int = 64, seed: int = 1) -> TensorDataset:
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, CLASSES, (n,), generator=gen)
-    images = torch.randn(n, 1, 16, 16, generator=gen) + labels.view(-1, 1, 1, 1).float()
-    return TensorDataset(images, labels)
 
 
 def tiny_config(tmp_path, name: str = "run", **overrides) -> TrainConfig:
