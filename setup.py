@@ -13,11 +13,9 @@ jobs), CUDA_HOME (the toolkit; found from nvcc when unset).
 
 from __future__ import annotations
 
-import glob
+import importlib.util
 import json
 import os
-import re
-import shutil
 import sys
 
 from setuptools import setup
@@ -33,47 +31,17 @@ DEFAULT_ARCH_LIST = "8.0;9.0"
 BUILD_RECORD = "_C_build.json"  # written next to the built mixfast/_C*.so
 
 
-def _has_cudart(home: str) -> bool:
-    return os.path.isfile(os.path.join(home, "bin", "nvcc")) and bool(
-        glob.glob(os.path.join(home, "lib64", "libcudart*"))
-        or glob.glob(os.path.join(home, "lib", "libcudart*"))
-        or glob.glob(os.path.join(home, "targets", "*", "lib", "libcudart*"))
+def _load_cuda_home():
+    """mixfast/_cuda_home.py by path: the package is not importable before it is built."""
+    spec = importlib.util.spec_from_file_location(
+        "_mixfast_cuda_home", os.path.join(ROOT, "mixfast", "_cuda_home.py")
     )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _toolkit_of_nvcc(nvcc: str, depth: int = 0) -> str | None:
-    """The toolkit an nvcc belongs to, following links and wrapper scripts (`exec /x/bin/nvcc`)."""
-    real = os.path.realpath(nvcc)
-    home = os.path.dirname(os.path.dirname(real))
-    if _has_cudart(home):
-        return home
-    if depth > 2 or not os.path.isfile(real) or os.path.getsize(real) > 65536:
-        return None
-    with open(real, "rb") as f:
-        text = f.read()
-    if b"\0" in text:  # a binary nvcc outside any toolkit
-        return None
-    for target in re.findall(r"(/[^\s'\"`;|&<>]*/bin/nvcc)\b", text.decode(errors="ignore")):
-        if os.path.realpath(target) != real and os.access(target, os.X_OK):
-            found = _toolkit_of_nvcc(target, depth + 1)
-            if found:
-                return found
-    return None
-
-
-def find_cuda_home() -> str | None:
-    """CUDA_HOME / CUDA_PATH when valid, else the toolkit of the nvcc on PATH, else /usr/local/cuda."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        home = os.environ.get(var)
-        if home and _has_cudart(home):
-            return os.path.realpath(home)
-        if home:
-            print(f"mixfast: ignoring {var}={home}: no bin/nvcc and lib64/libcudart there")
-    nvcc = shutil.which("nvcc")
-    home = _toolkit_of_nvcc(nvcc) if nvcc else None
-    if home is None and _has_cudart("/usr/local/cuda"):
-        home = os.path.realpath("/usr/local/cuda")
-    return home
+find_cuda_home = _load_cuda_home().find_cuda_home
 
 
 def cuda_plan() -> tuple[bool, str]:
@@ -176,8 +144,21 @@ def main() -> None:
         version="0.1.0",
         description="MixTraining (MAE self-supervision + supervised learning) for ViTs, with kernels",
         python_requires=">=3.10",
-        packages=["mixfast", "mixfast.kernels"],
-        package_dir={"mixfast": "mixfast", "mixfast.kernels": "kernels"},
+        packages=[
+            "mixfast",
+            "mixfast.ops",
+            "mixfast.data",
+            "mixfast.model",
+            "mixfast.train",
+            "mixfast.cli",
+            "mixfast.kernels",
+            "mixfast.benchmarks",
+        ],
+        package_dir={
+            "mixfast": "mixfast",
+            "mixfast.kernels": "kernels",
+            "mixfast.benchmarks": "benchmarks",
+        },
         ext_modules=[extension(with_cuda)],
         cmdclass={"build_ext": build_command(with_cuda, cuda_reason)},
         install_requires=[

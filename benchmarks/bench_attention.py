@@ -10,48 +10,37 @@ timing, since a mix step's layout is the same every step).
     python benchmarks/bench_attention.py --json OUT.json     # table + JSON, < 2 min on a GPU
     pytest benchmarks/bench_attention.py --benchmark-json=OUT.json   # pytest-benchmark
 
-Timing: triton.testing.do_bench on CUDA (L2 flushed, warm-up and compilation excluded), medians
-with 20/80 % quantiles, of the eager call and of its CUDA-graph replay (GPU time alone: eager
-fwd+bwd is host-bound for every implementation at these sizes); perf_counter on CPU (ratios only mean something there). FLOPs count the
-useful work (4 L^2 Dh per head and sequence forward, 2.5x that backward); bytes the minimal HBM
-traffic (q, k, v, o forward; + dO, lse read and dq, dk, dv written backward), so GB/s is an
-effective figure, comparable across implementations.
+Timing (benchmarks/harness.py): triton.testing.do_bench on CUDA (L2 flushed, warm-up and
+compilation excluded), medians with 20/80 % quantiles, of the eager call and of its CUDA-graph
+replay (GPU time alone: eager fwd+bwd is host-bound for every implementation at these sizes);
+perf_counter on CPU (ratios only mean something there). FLOPs count the useful work (4 L^2 Dh
+per head and sequence forward, 2.5x that backward); bytes the minimal HBM traffic (q, k, v, o
+forward; + dO, lse read and dq, dk, dv written backward), so GB/s is an effective figure,
+comparable across implementations.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import platform
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from functools import partial
 
+import harness
+import pytest
 import torch
 import torch.nn.functional as F
+from harness import Column
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest import quantiles_ms  # noqa: E402
-
-from mixfast import ops  # noqa: E402
-from mixfast._attention import _reference_bwd, _reference_fwd  # noqa: E402
+from mixfast import ops
+from mixfast.ops.reference import varlen_attn_bwd_reference, varlen_attn_fwd_reference
 
 HEADS, HEAD_DIM = 3, 64
 CASES = {  # name -> sub-batches (number of sequences, length), packed in this order
     "tin64_65+17": [(256, 65), (256, 17)],
     "in224_197+50": [(256, 197), (256, 50)],
 }
-PEAK_BW = [  # (name substring, bytes/s); first match wins
-    ("H200", 4.8e12),
-    ("H100 NVL", 3.9e12),
-    ("H100 PCIe", 2.0e12),
-    ("H100", 3.35e12),
-    ("A100", 2.0e12),
-]
+MODES = ("fwd", "fwd+bwd")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,10 +137,6 @@ def step_fn(fn: Callable, x: dict, mode: str) -> Callable:
     return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad)
 
 
-def time_ms(run: Callable, device: torch.device) -> list[float]:
-    return quantiles_ms(run, device, budget_ms=150.0, warmup_ms=25.0, max_samples=50)
-
-
 def work(x: dict, mode: str, element_size: int) -> tuple[float, float]:
     """(useful FLOPs, minimal HBM bytes) of one call."""
     fwd_flops = sum(4 * n * length**2 * HEAD_DIM * HEADS for n, length in x["groups"])
@@ -167,136 +152,28 @@ def reference(x: dict, mode: str) -> list[torch.Tensor]:
     """Fp32 math on the same (low-precision) inputs: out, or dq, dk, dv."""
     scale = 1.0 / math.sqrt(HEAD_DIM)
     q, k, v, cu = x["q"], x["k"], x["v"], x["cu_seqlens"]
-    out, lse = _reference_fwd(q.float(), k.float(), v.float(), cu, scale)
+    out, lse = varlen_attn_fwd_reference(q.float(), k.float(), v.float(), cu, scale)
     if mode == "fwd":
         return [out]
     return list(
-        _reference_bwd(x["grad"].float(), q.float(), k.float(), v.float(), out, lse, cu, scale)
+        varlen_attn_bwd_reference(
+            x["grad"].float(), q.float(), k.float(), v.float(), out, lse, cu, scale
+        )
     )
 
 
-def _try(fn: Callable, *args):
+def _reference_or_none(x: dict, mode: str) -> list[torch.Tensor] | None:
     try:
-        return fn(*args)
-    except Exception as exc:
-        print(f"warning: {fn.__name__} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return reference(x, mode)
+    except Exception as exc:  # no max-abs-diff then, but still the timings
+        print(f"warning: reference failed: {harness.error_text(exc)}", file=sys.stderr)
         return None
-
-
-def max_abs_diff(results, ref: list[torch.Tensor] | None) -> float:
-    if ref is None:
-        return float("nan")
-    results = [results] if isinstance(results, torch.Tensor) else list(results)
-    return max((r.float() - w).abs().max().item() for r, w in zip(results, ref))
-
-
-def device_info(device: torch.device) -> dict:
-    """Device, versions (benchmarks/conftest.py's shared record where present) and peak HBM BW."""
-    try:
-        from conftest import environment  # benchmarks/conftest.py
-
-        info = environment(device)
-    except (ImportError, TypeError):  # run from elsewhere: a minimal record of our own
-        info = dict(device=str(device), torch=torch.__version__, python=platform.python_version())
-        if device.type == "cuda":
-            info["device"] = torch.cuda.get_device_name(device)
-    info.setdefault("triton", _triton_version())
-    info["attention_backend"] = _backend_name(device)
-    info["peak_bw_GBps"] = next((bw / 1e9 for key, bw in PEAK_BW if key in info["device"]), None)
-    return info
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return None
-    return triton.__version__
 
 
 def _backend_name(device: torch.device) -> str:
-    from mixfast._backend import use_triton
+    from mixfast.ops._backend import use_triton
 
     return "triton" if use_triton(torch.empty(0, device=device)) else "reference"
-
-
-def graph_time_ms(run: Callable, budget_ms: float = 100.0) -> list[float]:
-    """[median, q20, q80] ms of the call captured in a CUDA graph and replayed: the GPU time
-    alone. Eager fwd+bwd of every implementation here is bound by host overhead (autograd,
-    Python ops: ~0.7 ms on the first H100 run), which hides the kernels' own speed."""
-    from triton.testing import do_bench
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # autograd needs a warm-up on a side stream before capture
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    return list(do_bench(graph.replay, warmup=25, rep=budget_ms, quantiles=[0.5, 0.2, 0.8]))
-
-
-def bench_one(name: str, case: str, x: dict, mode: str, device, ref, peak_bw) -> dict:
-    row = dict(impl=name, case=case, mode=mode)
-    try:
-        run = step_fn(IMPLS[name](x), x, mode)
-        row["max_abs_diff"] = max_abs_diff(run(), ref)
-        med, q20, q80 = time_ms(run, device)
-    except Exception as exc:  # a peer the installed torch lacks, or one that fails: skip it
-        row["error"] = _error(exc)
-        return row
-    flops, nbytes = work(x, mode, x["q"].element_size())
-    row.update(median_ms=med, q20_ms=q20, q80_ms=q80, **_rates(med, flops, nbytes, peak_bw, ""))
-    if device.type == "cuda":
-        try:
-            med, q20, q80 = graph_time_ms(run)
-        except Exception as exc:
-            row["graph_error"] = _error(exc)
-        else:
-            row.update(graph_median_ms=med, graph_q20_ms=q20, graph_q80_ms=q80)
-            row.update(_rates(med, flops, nbytes, peak_bw, "graph_"))
-    return row
-
-
-def _rates(ms: float, flops: float, nbytes: float, peak_bw, prefix: str) -> dict:
-    rates = {f"{prefix}tflops": flops / ms / 1e9, f"{prefix}gbps": nbytes / ms / 1e6}
-    if peak_bw:
-        rates[f"{prefix}pct_peak_bw"] = 100 * rates[f"{prefix}gbps"] / peak_bw
-    return rates
-
-
-def _error(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Script
-# ----------------------------------------------------------------------------------------------
-
-
-def run_all(device, dtype, scale_batch: float, impls: list[str], time_budget_s: float) -> dict:
-    t_start = time.perf_counter()
-    info = device_info(device)
-    out = dict(
-        environment=info, dtype=str(dtype), heads=HEADS, head_dim=HEAD_DIM, scale_batch=scale_batch,
-        results=[],
-    )  # fmt: skip
-    for case, groups in CASES.items():
-        x = make_inputs(groups, device, dtype, scale_batch)
-        for mode in ("fwd", "fwd+bwd"):
-            ref = _try(reference, x, mode)  # None (no max-abs-diff) if even that fails
-            for name in impls:
-                if time.perf_counter() - t_start > time_budget_s:
-                    row = dict(impl=name, case=case, mode=mode, error="skipped: time budget")
-                else:
-                    row = bench_one(name, case, x, mode, device, ref, info["peak_bw_GBps"])
-                row["shapes"] = dict(groups=x["groups"], total_tokens=x["q"].shape[0])
-                out["results"].append(row)
-    out["speedup_vs_fastest_peer"] = speedups(out["results"])
-    out["mixfast_tuned_configs"] = _tuned_configs()
-    return out
 
 
 def _tuned_configs() -> dict:
@@ -308,103 +185,113 @@ def _tuned_configs() -> dict:
     return tuned_configs()
 
 
-def speedups(rows: list[dict]) -> dict:
-    """Per case and mode: mixfast's speedup over the fastest peer, eager and CUDA-graph."""
-    result = {}
-    for case, mode in sorted({(r["case"], r["mode"]) for r in rows}):
-        same = [r for r in rows if (r["case"], r["mode"]) == (case, mode)]
-        for timing in ("median_ms", "graph_median_ms"):
-            timed = {r["impl"]: r[timing] for r in same if timing in r}
-            peers = {n: t for n, t in timed.items() if n != "mixfast"}
-            if "mixfast" in timed and peers:
-                best = min(peers, key=peers.get)
-                label = "graph" if timing.startswith("graph") else "eager"
-                speedup = dict(peer=best, speedup=peers[best] / timed["mixfast"])
-                result.setdefault(f"{case} {mode}", {})[label] = speedup
-    return result
+def measure(impl: str, x: dict, mode: str, ref, peak_gbps: float | None) -> dict:
+    """Max-abs-diff to `ref`, eager timing and (CUDA) CUDA-graph replay timing, with rates."""
+    run = step_fn(IMPLS[impl](x), x, mode)
+    row = {"max_abs_diff": harness.max_abs_diff(run(), ref)}
+    flops, nbytes = work(x, mode, x["q"].element_size())
+    device = x["q"].device
+    times = harness.quantiles_ms(run, device, budget_ms=150.0, warmup_ms=25.0, max_samples=50)
+    row.update(harness.timing(times, flops, nbytes, peak_gbps))
+    if device.type == "cuda":
+        try:
+            times = harness.graph_quantiles_ms(run)
+        except Exception as exc:
+            row["graph_error"] = harness.error_text(exc)
+        else:
+            row.update(harness.timing(times, flops, nbytes, peak_gbps, prefix="graph_"))
+    return row
 
 
-def print_table(out: dict) -> None:
-    env = out["environment"]
-    print(f"# {env['device']} | torch {env['torch']} triton {env['triton']} | {out['dtype']} "
-          f"H={HEADS} Dh={HEAD_DIM} | mixfast attention: {env['attention_backend']} | ms: eager, "
-          "host overhead included; graph ms: CUDA-graph replay, GPU time (rates use it)")  # fmt: skip
-    print(f"{'case':13} {'mode':7} {'impl':13} {'ms':>7} {'graph ms':>8} {'TFLOP/s':>7} {'GB/s':>6} {'%peak':>5} {'maxdiff':>7}")  # fmt: skip
-    for r in out["results"]:
-        head = f"{r['case']:13} {r['mode']:7} {r['impl']:13}"
-        if "error" in r:
-            print(f"{head} {r['error'][:70]}")
-            continue
-        p = "graph_" if "graph_median_ms" in r else ""
-        graph = f"{r['graph_median_ms']:8.4f}" if p else f"{'-':>8}"
-        pct = f"{r[p + 'pct_peak_bw']:5.1f}" if p + "pct_peak_bw" in r else f"{'-':>5}"
-        print(f"{head} {r['median_ms']:7.4f} {graph} {r[p + 'tflops']:7.2f} {r[p + 'gbps']:6.0f} {pct} {r['max_abs_diff']:7.1e}")  # fmt: skip
-    for key, by_timing in out["speedup_vs_fastest_peer"].items():
-        parts = [f"{t} {s['speedup']:.2f}x vs {s['peer']}" for t, s in by_timing.items()]
-        print(f"speedup {key}: " + " | ".join(parts))
-    for key, config in out["mixfast_tuned_configs"].items():
-        print(f"tuned {key}: {config}")
+def points(device, dtype, scale_batch: float, impls, peak_gbps) -> Iterator[harness.Point]:
+    for case, groups in CASES.items():
+        x = make_inputs(groups, device, dtype, scale_batch)
+        shapes = dict(groups=x["groups"], total_tokens=x["q"].shape[0])
+        for mode in MODES:
+            ref = _reference_or_none(x, mode)
+            for impl in impls:
+                labels = dict(case=case, mode=mode, impl=impl, shapes=shapes)
+                yield labels, partial(measure, impl, x, mode, ref, peak_gbps)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+def summarize(rows: list[dict]) -> dict:
+    """mixfast's speedup over the fastest peer per case and mode (eager and CUDA-graph), and the
+    launch configs its autotuner picked."""
+    speedup: dict[str, dict] = {}
+    for label, timing in (("eager", "median_ms"), ("graph", "graph_median_ms")):
+        for key, record in harness.speedups(rows, ("case", "mode"), timing).items():
+            speedup.setdefault(key, {})[label] = record
+    return {"speedup_vs_fastest_peer": speedup, "mixfast_tuned_configs": _tuned_configs()}
+
+
+def _rate(name: str) -> Callable[[dict], float | None]:
+    """The CUDA-graph figure where there is one, else the eager one."""
+    return lambda row: row.get(f"graph_{name}", row.get(name))
+
+
+COLUMNS = (
+    Column("case", "case", 13),
+    Column("mode", "mode", 7),
+    Column("impl", "impl", 13),
+    Column("ms", "median_ms", 7, ".4f"),
+    Column("graph ms", "graph_median_ms", 8, ".4f"),
+    Column("TFLOP/s", _rate("tflops"), 7, ".2f"),
+    Column("GB/s", _rate("gbps"), 6, ".0f"),
+    Column("%peak", _rate("pct_peak_bw"), 5, ".1f"),
+    Column("maxdiff", "max_abs_diff", 7, ".1e"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.BenchParser(__doc__, __file__, dtype="bf16", impls=IMPLS, time_budget=100.0)
     parser.add_argument(
         "--scale-batch", type=float, default=None,
         help="multiply the 256-sequence sub-batches (default 1 on CUDA, 1/16 on CPU)",
     )  # fmt: skip
-    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset")
-    parser.add_argument(
-        "--time-budget", type=float, default=100.0, help="seconds; later runs skipped"
-    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     scale = args.scale_batch or (1.0 if device.type == "cuda" else 1 / 16)
-    impls = [n for n in args.impls.split(",") if n in IMPLS]
-    out = run_all(device, dtype, scale, impls, args.time_budget)
-    out["command"] = " ".join(sys.argv)
-    print_table(out)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
-        print(f"wrote {args.json}")
+    env = harness.environment(device, attention_backend=_backend_name(device))
+    harness.run(
+        args,
+        points(device, args.dtype, scale, args.impls, env["peak_bw_GBps"]),
+        COLUMNS,
+        title=f"{args.dtype} H={HEADS} Dh={HEAD_DIM} | mixfast attention: "
+        f"{env['attention_backend']} | ms: eager, host overhead included; graph ms: CUDA-graph "
+        "replay, GPU time (rates use it)",
+        env=env,
+        fields=dict(dtype=str(args.dtype), heads=HEADS, head_dim=HEAD_DIM, scale_batch=scale),
+        summarize=summarize,
+    )
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
 # pytest-benchmark
 # ----------------------------------------------------------------------------------------------
 
-try:
-    import pytest
-except ImportError:  # the script needs no pytest
-    pytest = None
 
-if pytest is not None:
-
-    @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-    @pytest.mark.parametrize("impl", list(IMPLS))
-    @pytest.mark.parametrize("case", list(CASES))
-    def test_bench_attention(benchmark, bench_device, synced, case, impl, mode):
-        device = torch.device(bench_device)
-        scale = 1.0 if device.type == "cuda" else 1 / 16  # CPU: ratios only, keep it short
-        x = make_inputs(CASES[case], device, torch.bfloat16, scale)
-        try:
-            run = step_fn(IMPLS[impl](x), x, mode)
-            result = run()
-        except Exception as exc:
-            pytest.skip(f"{impl} unavailable: {type(exc).__name__}: {exc}")
-        flops, nbytes = work(x, mode, x["q"].element_size())
-        benchmark.extra_info.update(
-            attention_backend=_backend_name(device), groups=x["groups"], flops=flops,
-            bytes=nbytes, max_abs_diff=max_abs_diff(result, reference(x, mode)),
-        )  # fmt: skip
-        benchmark.pedantic(synced(run), rounds=20, warmup_rounds=3)
-        median_s = benchmark.stats.stats.median
-        benchmark.extra_info.update(tflops=flops / median_s / 1e12, gbps=nbytes / median_s / 1e9)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_bench_attention(benchmark, bench_device, synced, case, impl, mode):
+    device = torch.device(bench_device)
+    scale = 1.0 if device.type == "cuda" else 1 / 16  # CPU: ratios only, keep it short
+    x = make_inputs(CASES[case], device, torch.bfloat16, scale)
+    try:
+        run = step_fn(IMPLS[impl](x), x, mode)
+        result = run()
+    except Exception as exc:
+        pytest.skip(f"{impl} unavailable: {type(exc).__name__}: {exc}")
+    flops, nbytes = work(x, mode, x["q"].element_size())
+    benchmark.extra_info.update(
+        attention_backend=_backend_name(device), groups=x["groups"], flops=flops,
+        bytes=nbytes, max_abs_diff=harness.max_abs_diff(result, reference(x, mode)),
+    )  # fmt: skip
+    benchmark.pedantic(synced(run), rounds=20, warmup_rounds=3)
+    median_s = benchmark.stats.stats.median
+    benchmark.extra_info.update(tflops=flops / median_s / 1e12, gbps=nbytes / median_s / 1e9)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

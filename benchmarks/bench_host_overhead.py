@@ -34,13 +34,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
+import harness
 import torch
 import torch.nn.functional as F
+from harness import Column
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,14 +84,9 @@ METADATA_OPS = {
 
 
 def per_call_us(fn: Callable[[], object], calls: int, warmup: int = 20) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter_ns()
-        fn()
-        times.append((time.perf_counter_ns() - start) / 1e3)
-    return {"min_us": min(times), "median_us": statistics.median(times)}
+    """Host microseconds per call (harness.time_ms: each call timed; no GPU to wait for)."""
+    times = harness.time_ms(fn, "cpu", warmup=warmup, reps=calls)
+    return {"min_us": times["min_ms"] * 1e3, "median_us": times["median_ms"] * 1e3}
 
 
 class OpCounter(TorchDispatchMode):
@@ -157,10 +154,13 @@ def attention_cases(device: str) -> dict[str, Callable[[], object]]:
         "attention fwd+bwd mixfast": _backward(lambda: ops.varlen_attention(qg, kg, vg, cu, 5)),
         "attention fwd+bwd torch sdpa": _backward(lambda: sdpa(qg, kg, vg)),
     }
-    try:  # the model's packed path (newer revisions only)
-        from mixfast._attention import varlen_attention_qkvpacked
+    try:  # the model's packed path (newer revisions only; mixfast/_attention.py before the
+        from mixfast.ops.attention import varlen_attention_qkvpacked  # package's reorganisation)
     except ImportError:
-        return cases
+        try:
+            from mixfast._attention import varlen_attention_qkvpacked
+        except ImportError:
+            return cases
     qkv = torch.stack((q, k, v), dim=1).requires_grad_()
     cases["attention fwd+bwd mixfast qkvpacked"] = _backward(
         lambda: varlen_attention_qkvpacked(qkv, cu, 5)
@@ -210,7 +210,12 @@ def patch_embed_cases(device: str) -> dict[str, Callable[[], object]]:
 
 
 def masking_cases(device: str) -> dict[str, Callable[[], object]]:
-    from mixfast.masking import mae_random_masking, random_masking
+    from mixfast import random_masking
+
+    try:
+        from mixfast.ops.reference import mae_random_masking
+    except ImportError:  # a revision before the package's reorganisation (--against)
+        from mixfast.masking import mae_random_masking
 
     return {
         "random_masking mixfast": lambda: random_masking(
@@ -226,8 +231,7 @@ def masking_cases(device: str) -> dict[str, Callable[[], object]]:
 
 
 def step_cases(device: str, attention: str) -> dict[str, Callable[[], object]]:
-    from mixfast import random_masking
-    from mixfast.models import create_model
+    from mixfast import create_model, random_masking  # names every revision has
 
     torch.manual_seed(0)
     model = create_model(
@@ -264,9 +268,7 @@ def step_cases(device: str, attention: str) -> dict[str, Callable[[], object]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def measure(devices: list[str], calls: int, step_calls: int) -> list[dict]:
-    torch.set_num_threads(1)
-    rows = []
+def points(devices: list[str], calls: int, step_calls: int) -> Iterator[harness.Point]:
     for device in devices:
         groups = [
             (attention_cases(device), calls),
@@ -280,21 +282,36 @@ def measure(devices: list[str], calls: int, step_calls: int) -> list[dict]:
             )
         for cases, n in groups:
             for name, fn in cases.items():
-                row = {"device": device, "case": name, **per_call_us(fn, n)}
-                row.update(count_ops(fn)[0])
-                rows.append(row)
-    return rows
+                yield {"device": device, "case": name}, partial(_measure_case, fn, n)
 
 
-def print_rows(rows: list[dict]) -> None:
-    print(
-        f"{'device':6} {'case':45} {'min us':>9} {'median us':>10} {'ops':>5} {'compute':>7} {'syncs':>5}"
-    )
-    for r in rows:
-        print(
-            f"{r['device']:6} {r['case']:45} {r['min_us']:9.1f} {r['median_us']:10.1f} "
-            f"{r['ops']:5d} {r['compute_ops']:7d} {r['syncs']:5d}"
-        )
+def _measure_case(fn: Callable[[], object], calls: int) -> dict:
+    return {**per_call_us(fn, calls), **count_ops(fn)[0]}
+
+
+def measure(devices: list[str], calls: int, step_calls: int) -> list[dict]:
+    torch.set_num_threads(1)
+    return list(harness.sweep(points(devices, calls, step_calls)))
+
+
+COLUMNS = (
+    Column("device", "device", 6),
+    Column("case", "case", 45),
+    Column("min us", "min_us", 9, ".1f"),
+    Column("median us", "median_us", 10, ".1f"),
+    Column("ops", "ops", 5, "d"),
+    Column("compute", "compute_ops", 7, "d"),
+    Column("syncs", "syncs", 5, "d"),
+)
+COMPARE_COLUMNS = (
+    Column("device", "device", 6),
+    Column("case", "case", 45),
+    Column("before us", "before_median_us", 10, ".1f"),
+    Column("after us", "after_median_us", 9, ".1f"),
+    Column("speedup", "speedup", 7, ".2f", "x"),
+    Column("ops before", "before_compute_ops", 10, "d"),
+    Column("ops after", "after_compute_ops", 9, "d"),
+)
 
 
 def export_revision(rev: str, into: Path) -> Path:
@@ -334,7 +351,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
             for label in ("before", "after") if i % 2 == 0 else ("after", "before"):
                 runs[label].append(child_rows(args, paths[label]))
     keyed = {
-        label: [{(r["device"], r["case"]): r for r in run} for run in rounds]
+        label: [{(r["device"], r["case"]): r for r in run if "error" not in r} for run in rounds]
         for label, rounds in runs.items()
     }
     merged = []
@@ -342,58 +359,42 @@ def compare(args: argparse.Namespace) -> list[dict]:
         key = (row["device"], row["case"])
         out = {"device": row["device"], "case": row["case"]}
         for label, rounds in keyed.items():
-            if key not in rounds[0]:  # a case the old revision cannot run
+            if key not in rounds[0]:  # a case the old revision cannot run (or one that failed)
                 out.update({f"{label}_{m}": None for m in ("median_us", "min_us", "compute_ops")})
                 continue
             out[f"{label}_median_us"] = statistics.median(r[key]["median_us"] for r in rounds)
             out[f"{label}_min_us"] = min(r[key]["min_us"] for r in rounds)
             out[f"{label}_compute_ops"] = rounds[0][key]["compute_ops"]
         before, after = out["before_median_us"], out["after_median_us"]
-        out["speedup"] = before / after if before else None
+        out["speedup"] = before / after if before and after else None
         merged.append(out)
     return merged
 
 
-def print_compare(rows: list[dict], rev: str) -> None:
-    print(f"before = {rev}, after = working tree; medians of per-round median us")
-    print(
-        f"{'device':6} {'case':45} {'before us':>10} {'after us':>9} {'speedup':>7} "
-        f"{'ops before':>10} {'ops after':>9}"
-    )
-
-    def show(value, spec):
-        return format(value, spec) if value is not None else format("-", spec.rstrip("df."))
-
-    for r in rows:
-        print(
-            f"{r['device']:6} {r['case']:45} {show(r['before_median_us'], '10.1f')} "
-            f"{show(r['after_median_us'], '9.1f')} {show(r['speedup'], '6.2f')}x "
-            f"{show(r['before_compute_ops'], '10d')} {show(r['after_compute_ops'], '9d')}"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.BenchParser(__doc__, __file__, device=False, threads=False)
     parser.add_argument("--device", nargs="+", choices=("cpu", "meta"), default=["cpu", "meta"])
     parser.add_argument("--calls", type=int, default=400, help="timed calls per op case")
     parser.add_argument("--step-calls", type=int, default=30, help="timed mixed steps per case")
     parser.add_argument("--against", default=None, help="git revision to compare with")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--against)")
-    parser.add_argument("--json", default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
+    if args.child:  # one measurement for compare(): the rows as JSON on stdout
         print(json.dumps(measure(args.device, args.calls, args.step_calls)))
         return 0
-    if args.against:
-        rows = compare(args)
-        print_compare(rows, args.against)
-    else:
-        rows = measure(args.device, args.calls, args.step_calls)
-        print_rows(rows)
-    if args.json:
-        meta = {"torch": torch.__version__, "threads": 1, "against": args.against}
-        Path(args.json).write_text(json.dumps({"environment": meta, "results": rows}, indent=1))
+    torch.set_num_threads(1)
+    env = harness.environment("cpu", threads=1, against=args.against)
+    if not args.against:
+        points_ = points(args.device, args.calls, args.step_calls)
+        harness.run(args, points_, COLUMNS, title="host us per call, 1 thread", env=env)
+        return 0
+    rows = compare(args)  # measured in child processes, then printed and written here
+    title = f"before = {args.against}, after = working tree; medians of per-round median us"
+    report = harness.Report(args, COMPARE_COLUMNS, env=env, title=title)
+    for row in rows:
+        report.add(row)
+    report.finish()
     return 0
 
 

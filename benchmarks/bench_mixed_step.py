@@ -4,10 +4,10 @@ Every step is forward + backward + AdamW step of a ViT-Tiny MixMAE. Variants:
   ssl+sl      forward_ssl step, then a cross-entropy(forward_sl) step (two optimizer steps)
   mix         forward_mixed(x, x, y, sl_view="full"): both sub-batches in one packed pass
   mix-masked  forward_mixed(..., sl_view="masked"): the SL head reads the masked view's cls
-The variants run round-robin inside one loop (A, B, C, A, B, C, ...) so that drift hits them all
-alike; the table gives medians and the speedup of each mix variant over ssl+sl. Masks are
-computed outside the loss functions and passed as `masking=`, so the compiled runs
-(torch.compile fullgraph) never recompile for a new offset. CUDA runs use bf16 autocast.
+The variants run round-robin inside one loop (A, B, C, A, B, C, ...; harness.round_robin_ms) so
+that drift hits them all alike; the table gives medians and the speedup of each mix variant over
+ssl+sl. Masks are computed outside the loss functions and passed as `masking=`, so the compiled
+runs (torch.compile fullgraph) never recompile for a new offset. CUDA runs use bf16 autocast.
 
 Script:  python benchmarks/bench_mixed_step.py --device cuda --json OUT.json
          (add --modes eager compiled cudagraphs for CUDA-graph replays of the compiled steps)
@@ -17,20 +17,20 @@ pytest:  pytest benchmarks/bench_mixed_step.py   (tiny CPU shapes, pytest-benchm
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import statistics
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
+import harness
 import pytest
 import torch
 import torch.nn.functional as F
+from harness import Column
 
 from mixfast import random_masking
-from mixfast.models import MixMAE, create_model
+from mixfast.model import MixMAE, create_model
 
 CONFIGS = {
     "64x64/8": dict(img_size=64, patch_size=8, in_chans=3, classes=200),
@@ -112,66 +112,42 @@ def make_steps(setup: dict[str, Any], mode: str) -> dict[str, Callable[[int], No
     }
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def speedups(times: dict[str, Any]) -> dict[str, float]:
+    base = times["ssl+sl"]["median_ms"]
+    return {name: base / times[name]["median_ms"] for name in VARIANTS if name != "ssl+sl"}
 
 
-def run_alternating(
-    steps: dict[str, Callable[[int], None]], device: torch.device, warmup: int, iters: int
-) -> dict[str, Any]:
-    """Round-robin timing; returns per-variant median/min ms and first-call (compile) seconds."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    first_s: dict[str, float] = {}
-    names = list(steps)
-    for i in range(warmup + iters):
-        order = names[i % len(names) :] + names[: i % len(names)]  # rotate who goes first
-        for name in order:
-            sync(device)
-            start = time.perf_counter()
-            steps[name](i)
-            sync(device)
-            elapsed = time.perf_counter() - start
-            if i == 0:
-                first_s[name] = elapsed
-            if i >= warmup:
-                times[name].append(elapsed * 1e3)
-    return {
-        name: {
-            "median_ms": statistics.median(t),
-            "min_ms": min(t),
-            "reps": len(t),
-            "first_call_s": first_s[name],
-        }
-        for name, t in times.items()
-    }
+def measure(config: str, batch: int, device: str, mode: str, warmup: int, iters: int) -> dict:
+    torch.manual_seed(0)
+    setup = build(config, batch, device)
+    steps = make_steps(setup, mode)
+    times = harness.round_robin_ms(steps, setup["x"].device, warmup, iters)
+    return dict(times=times, speedup=speedups(times))
 
 
-def speedups(result: dict[str, Any]) -> dict[str, float]:
-    base = result["ssl+sl"]["median_ms"]
-    return {name: base / result[name]["median_ms"] for name in VARIANTS if name != "ssl+sl"}
+def points(
+    configs, batch: int, device: str, modes, warmup: int, iters: int
+) -> Iterator[harness.Point]:
+    for config in configs:
+        for mode in modes:
+            labels = dict(config=config, batch=batch, mode=mode)
+            yield labels, partial(measure, config, batch, device, mode, warmup, iters)
 
 
-def print_row(row: dict[str, Any]) -> None:
-    res, up = row["times"], row["speedup"]
-    print(
-        f"| {row['config']:8} | {row['batch']:>3}+{row['batch']:<3} | {row['mode']:10} "
-        f"| {res['ssl+sl']['median_ms']:9.2f} | {res['mix']['median_ms']:9.2f} "
-        f"| {up['mix']:5.2f}x | {res['mix-masked']['median_ms']:9.2f} "
-        f"| {up['mix-masked']:5.2f}x |",
-        flush=True,
-    )
-
-
-HEADER = (
-    "| config   | batch   | mode       | ssl+sl ms |    mix ms | speedup | masked ms | speedup |\n"
-    "|----------|---------|------------|-----------|-----------|---------|-----------|---------|"
+COLUMNS = (
+    Column("config", "config", 8),
+    Column("batch", lambda row: f"{row['batch']}+{row['batch']}", 7),
+    Column("mode", "mode", 10),
+    Column("ssl+sl ms", ("times", "ssl+sl", "median_ms"), 9, ".2f"),
+    Column("mix ms", ("times", "mix", "median_ms"), 9, ".2f"),
+    Column("speedup", ("speedup", "mix"), 7, ".2f", "x"),
+    Column("masked ms", ("times", "mix-masked", "median_ms"), 9, ".2f"),
+    Column("speedup", ("speedup", "mix-masked"), 7, ".2f", "x"),
 )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = harness.BenchParser(__doc__, __file__, time_budget=130.0)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
     parser.add_argument("--batch", type=int, default=None, help="images per sub-batch")
     parser.add_argument(
@@ -181,16 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="default: eager compiled (cudagraphs = compile mode='reduce-overhead', CUDA only)",
     )
-    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None, help="default 20 on CUDA, 10 on CPU")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument(
-        "--budget-s", type=float, default=130.0, help="skip runs that would start later"
-    )
-    parser.add_argument("--json", default=None, help="write results here (after every run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
@@ -200,33 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (256 if cuda else 32)
     modes = args.modes or ["eager", "compiled"]
     iters = args.iters or (20 if cuda else 10)
-
-    began, rows = time.perf_counter(), []
-    print(f"device {args.device}, ViT-Tiny, fwd+bwd+AdamW, medians of {iters} round-robin reps")
-    print(HEADER)
-    for config in configs:
-        for mode in modes:
-            if time.perf_counter() - began > args.budget_s:
-                print(f"| {config} | {mode}: skipped, past --budget-s {args.budget_s}")
-                continue
-            torch.manual_seed(0)
-            setup = build(config, batch, args.device)
-            steps = make_steps(setup, mode)
-            times = run_alternating(steps, setup["x"].device, args.warmup, iters)
-            row = dict(config=config, batch=batch, mode=mode, times=times)
-            row["speedup"] = speedups(times)
-            rows.append(row)
-            print_row(row)
-            if args.json:
-                _write(args.json, rows, args.device, argv)
+    harness.run(
+        args,
+        points(configs, batch, args.device, modes, args.warmup, iters),
+        COLUMNS,
+        title=f"ViT-Tiny, fwd+bwd+AdamW, medians of {iters} round-robin reps",
+        fields=dict(warmup=args.warmup, iters=iters),
+        markdown=True,
+    )
     return 0
-
-
-def _write(path: str, rows: list[dict[str, Any]], device: str, argv: list[str] | None) -> None:
-    from conftest import write_json  # benchmarks/conftest.py; the script's folder is on sys.path
-
-    command = "python benchmarks/bench_mixed_step.py " + " ".join(argv or sys.argv[1:])
-    write_json(path, [dict(row, command=command) for row in rows], device)
 
 
 # ------------------------------------------------------------------------------ pytest-benchmark

@@ -10,13 +10,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "random_masking": ("mixfast.masking", "random_masking"),
-    "MaskingResult": ("mixfast.masking", "MaskingResult"),
+    "random_masking": ("mixfast.ops", "random_masking"),
+    "MaskingResult": ("mixfast.ops", "MaskingResult"),
     "build_info": ("mixfast.info", "build_info"),
     "ops": ("mixfast.ops", None),
-    "create_model": ("mixfast.models", "create_model"),
+    "create_model": ("mixfast.model", "create_model"),
     "MixSchedule": ("mixfast.schedule", "MixSchedule"),
-    "MixTrainer": ("mixfast.trainer", "MixTrainer"),
+    "MixTrainer": ("mixfast.train", "MixTrainer"),
+    "TrainConfig": ("mixfast.train", "TrainConfig"),
+    "TrainResult": ("mixfast.train", "TrainResult"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -41,6 +41,7 @@ unexpected key instead of ignoring it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -54,20 +55,36 @@ from torch import nn
 FORMAT = "mixfast-checkpoint-1"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write `state` to `path` atomically: a temp file in the same folder, then os.replace."""
+def write_atomic(path: str | os.PathLike, write: Any, *, binary: bool = False) -> Path:
+    """The one writer of every run-folder file: `write(handle)` fills a temp file created with
+    a unique name in the same folder (O_EXCL: never a file or link already there), then
+    os.replace puts it at `path`, so a reader or a kill never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
+        with os.fdopen(fd, "wb" if binary else "w") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_atomic(path, lambda handle: handle.write(text))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `state` to `path` atomically (write_atomic), with the format tag."""
+    write_atomic(path, lambda handle: torch.save({"format": FORMAT, **state}, handle), binary=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:

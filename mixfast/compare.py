@@ -13,11 +13,15 @@ import math
 import shutil
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-PIPELINES = ("sl", "ssl+sl", "mix")
+from mixfast import experiment
+from mixfast.checkpoint import write_json
+from mixfast.schedule import PIPELINES
+from mixfast.train import train
+
 PROTOCOL = (
     "Evaluation protocol: top-1 of the fine-tuned classifier after the last epoch on the "
     "held-out test split, identical for every pipeline; the pipelines of one seed share the "
@@ -46,120 +50,35 @@ COMPARE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("compare")
-    group.add_argument(
-        "--fractions", type=float, nargs="+", default=[0.1, 1.0], help="labeled fractions"
-    )
-    group.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds")
-    group.add_argument(
-        "--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES), help="pipelines"
-    )
-    group.add_argument(
-        "--force",
-        action="store_true",
-        help="run again over an existing DIR/compare.json, replacing its run folders",
-    )
-    known = {a.dest for a in parser._actions}
-    parser.set_defaults(**{k: v for k, v in COMPARE_DEFAULTS.items() if k in known})
-
-
 def run_name(pipeline: str, fraction: float, seed: int) -> str:
     return f"{pipeline}-f{fraction:g}-s{seed}"
 
 
-def check_compare_args(args: argparse.Namespace) -> Path:
-    from mixfast.cli import UsageError
-
-    for fraction in args.fractions:
-        if not 0.0 < fraction <= 1.0:
-            raise UsageError(f"--fractions values must be in (0, 1], got {fraction}")
-    for flag, values in (("--fractions", args.fractions), ("--seeds", args.seeds)):
-        if len(set(values)) != len(values):
-            raise UsageError(f"{flag} has repeated values: {values}")
-    if len(set(args.pipelines)) != len(args.pipelines):
-        raise UsageError(f"--pipelines has repeated values: {args.pipelines}")
-    if args.per_class is not None:
-        raise UsageError("compare takes --fractions, not --per-class")
-    report = Path(args.out) / "compare.json"
-    if report.exists() and not (args.resume or args.force):
-        raise UsageError(
-            f"{report} exists; refusing to overwrite it. Pass --resume to continue that "
-            "comparison (finished runs are reused), --force to run it again, or another --out"
-        )
-    if args.resume and args.force:
-        raise UsageError("pass --resume or --force, not both")
-    held = [d for d in run_dirs(args) if _holds_run(d)]
-    if held and not (args.resume or args.force):
-        raise UsageError(
-            f"{held[0]} already holds a run ({len(held)} of this comparison's run folders do); "
-            "pass --resume to reuse them, --force to replace them, or another --out"
-        )
-    return report
+def run_dirs(out: str, fractions, seeds, pipelines) -> list[Path]:
+    grid = [(f, s, p) for f in fractions for s in seeds for p in pipelines]
+    return [Path(out) / run_name(p, f, s) for f, s, p in grid]
 
 
-def run_dirs(args: argparse.Namespace) -> list[Path]:
-    grid = [(f, s, p) for f in args.fractions for s in args.seeds for p in args.pipelines]
-    return [Path(args.out) / run_name(p, f, s) for f, s, p in grid]
-
-
-def _holds_run(run_dir: Path) -> bool:
+def holds_run(run_dir: Path) -> bool:
     return (run_dir / "last.pt").exists() or (run_dir / "result.json").exists()
-
-
-def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
-    """Set up and validate everything (errors exit 2); return the runs to do."""
-    from mixfast import cli
-    from mixfast.data import load_dataset
-    from mixfast.trainer import config_from_args
-
-    report_path = check_compare_args(args)
-    base = config_from_args(args)
-    splits = load_dataset(args.dataset, args.data_dir, size=args.img_size, seed=args.seed)
-    first = cli.prepare_data(splits, args, fraction=args.fractions[0])
-    cli.model_kwargs(args, first)  # checks the patch grid (and warns) before any work
-    settings = {
-        "dataset": args.dataset,
-        "fractions": args.fractions,
-        "seeds": args.seeds,
-        "pipelines": args.pipelines,
-        "config": {k: _jsonable(v) for k, v in dataclasses.asdict(base).items()},
-        "data": cli.data_settings(args, first, args.fractions[0]),
-        "device": describe_device(getattr(base, "device", None)),
-        "command": "mixfast " + " ".join(sys.argv[1:]),
-    }
-    print(PROTOCOL, file=sys.stderr)
-
-    def work() -> int:
-        runs = run_all(args, base, splits, settings, report_path)
-        print_table(runs, settings)
-        plot_path = report_path.with_suffix(".png")
-        plot(runs, plot_path, settings)
-        print(f"\nwrote {report_path} and {plot_path}")
-        return 0
-
-    return work
 
 
 def run_all(
     args: argparse.Namespace, base: Any, splits: Any, settings: dict, report_path: Path
 ) -> list[dict[str, Any]]:
-    from mixfast import cli
-    from mixfast.trainer import train
-
     runs: list[dict[str, Any]] = []
     total = len(args.fractions) * len(args.seeds) * len(args.pipelines)
     for fraction in args.fractions:
         for seed in args.seeds:
             seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
-            data = cli.prepare_data(splits, seed_args, fraction=fraction)
+            data = experiment.prepare_data(splits, seed_args, fraction=fraction)
             for pipeline in args.pipelines:
                 run_dir = Path(args.out) / run_name(pipeline, fraction, seed)
                 label = f"[{len(runs) + 1}/{total}] {pipeline} fraction={fraction:g} seed={seed}"
                 result = _finished(run_dir) if args.resume else None
                 if result is None:
                     print(f"{label}: {data.summary()}", file=sys.stderr)
-                    if args.force and _holds_run(run_dir):
+                    if args.force and holds_run(run_dir):
                         shutil.rmtree(run_dir)  # --force: this run starts over
                     config = dataclasses.replace(
                         base,
@@ -168,19 +87,19 @@ def run_all(
                         out=str(run_dir),
                         resume=bool(args.resume and (run_dir / "last.pt").exists()),
                     )
-                    config = cli.with_augment(config, data, seed_args)
-                    model = cli.build_model(seed_args, data, seed)
+                    config = experiment.with_augment(config, data, seed_args)
+                    model = experiment.build_model(seed_args, data, seed)
                     result = train(config, model, data.ssl_data, data.sl_data, data.val_data)
                     result = result.to_dict()
-                    cli.write_json(run_dir / "data.json", cli.data_settings(args, data, fraction))
+                    write_json(
+                        run_dir / "data.json", experiment.data_settings(args, data, fraction)
+                    )
                 else:
                     print(f"{label}: reusing {run_dir / 'result.json'}", file=sys.stderr)
                 runs.append(run_record(pipeline, fraction, seed, result, run_dir))
-                cli.write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs})
+                write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs})
     summary = summarize(runs)
-    cli.write_json(
-        report_path, {"protocol": PROTOCOL, **settings, "runs": runs, "summary": summary}
-    )
+    write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs, "summary": summary})
     return runs
 
 
@@ -204,11 +123,11 @@ def run_record(
         "top1": float(result["top1"]),
         "wall_s": float(result["wall_s"]),
         "run_dir": str(run_dir),
-        "result": {k: _jsonable(v) for k, v in result.items()},
+        "result": {k: jsonable(v) for k, v in result.items()},
     }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
         return value

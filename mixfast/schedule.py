@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mixfast.checks import check_int
+
 PHASES = ("ssl", "mix", "sl")
 TRANSITIONS = ("linear", "cosine", "constant")
 PIPELINES = ("sl", "ssl+sl", "mix")
@@ -31,11 +33,6 @@ class EpochSpec:
     phase_epoch: int  # position inside its phase
 
 
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 class MixSchedule:
     """Which phase each epoch is in, the SSL weight a(t), and the sample-pass budget."""
 
@@ -47,8 +44,8 @@ class MixSchedule:
         transition: str = "linear",
         alpha_constant: float = 0.5,
     ) -> None:
-        _check_int("ssl_epochs", ssl_epochs, 0)
-        _check_int("sl_epochs", sl_epochs, 0)
+        check_int("ssl_epochs", ssl_epochs, 0)
+        check_int("sl_epochs", sl_epochs, 0)
         if not 0.0 <= float(mix_ratio) <= 1.0:
             raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio!r}")
         if transition not in TRANSITIONS:

@@ -10,7 +10,7 @@ import sys
 import torch
 from _tiny import tiny_data, tiny_model
 
-from mixfast.trainer import TrainConfig, train
+from mixfast.train import TrainConfig, train
 
 
 def config(out: str | None, *, batch_size: int, accum_steps: int) -> TrainConfig:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mixfast import ops
-from mixfast._attention import varlen_attn_bwd, varlen_attn_fwd
-from mixfast.reference import varlen_attention_reference
+from mixfast.ops.attention import varlen_attn_bwd, varlen_attn_fwd
+from mixfast.ops.reference import varlen_attention_reference
 
 
 def make_cu_seqlens(lengths: list[int], device="cpu") -> torch.Tensor:
@@ -178,7 +178,7 @@ def _kernel_and_reference(lengths, heads, head_dim, device, dtype=torch.float32)
     from mixfast.kernels.attention import varlen_attn_bwd as kernel_bwd
     from mixfast.kernels.attention import varlen_attn_fwd as kernel_fwd
 
-    from mixfast._attention import _reference_bwd, _reference_fwd
+    from mixfast.ops.reference import varlen_attn_bwd_reference, varlen_attn_fwd_reference
 
     q, k, v = make_qkv(lengths, heads, head_dim, dtype, device)
     cu = make_cu_seqlens(lengths, device)
@@ -186,8 +186,8 @@ def _kernel_and_reference(lengths, heads, head_dim, device, dtype=torch.float32)
     out, lse = kernel_fwd(q, k, v, cu, max(lengths), scale)
     grad = torch.randn_like(out)
     grads = kernel_bwd(grad, q, k, v, out, lse, cu, max(lengths), scale)
-    ref_out, ref_lse = _reference_fwd(q, k, v, cu, scale)
-    ref_grads = _reference_bwd(grad, q, k, v, ref_out, ref_lse, cu, scale)
+    ref_out, ref_lse = varlen_attn_fwd_reference(q, k, v, cu, scale)
+    ref_grads = varlen_attn_bwd_reference(grad, q, k, v, ref_out, ref_lse, cu, scale)
     return (out, lse, *grads), (ref_out, ref_lse, *ref_grads)
 
 

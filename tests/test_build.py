@@ -8,6 +8,8 @@ import stat
 
 import pytest
 
+from mixfast import _cuda_home
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -38,31 +40,31 @@ def test_toolkit_behind_a_wrapper_script(setup_module, tmp_path):
     wrapper = tmp_path / "bin" / "nvcc"
     wrapper.parent.mkdir()
     _executable(wrapper, f'#!/bin/sh\nexec {home}/bin/nvcc "$@"\n'.encode())
-    assert setup_module._toolkit_of_nvcc(str(wrapper)) == str(home)
+    assert _cuda_home._toolkit_of_nvcc(str(wrapper)) == str(home)
 
 
 def test_toolkit_behind_a_symlink(setup_module, tmp_path):
     home = _fake_toolkit(tmp_path)
     link = tmp_path / "nvcc"
     link.symlink_to(home / "bin" / "nvcc")
-    assert setup_module._toolkit_of_nvcc(str(link)) == str(home)
+    assert _cuda_home._toolkit_of_nvcc(str(link)) == str(home)
 
 
 def test_no_toolkit_for_a_stray_binary(setup_module, tmp_path):
     stray = tmp_path / "bin" / "nvcc"
     stray.parent.mkdir()
     _executable(stray, b"\x7fELF\0binary")
-    assert setup_module._toolkit_of_nvcc(str(stray)) is None
+    assert _cuda_home._toolkit_of_nvcc(str(stray)) is None
 
 
 def test_find_cuda_home_prefers_a_valid_env(setup_module, tmp_path, monkeypatch):
     home = _fake_toolkit(tmp_path)
     monkeypatch.setenv("CUDA_HOME", str(home))
-    assert setup_module.find_cuda_home() == str(home)
+    assert _cuda_home.find_cuda_home() == str(home)
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "missing"))
     monkeypatch.delenv("CUDA_PATH", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "cuda-13.0" / "bin"))
-    assert setup_module.find_cuda_home() == str(home)
+    assert _cuda_home.find_cuda_home() == str(home)
 
 
 def test_build_cuda_env_values(setup_module, monkeypatch):

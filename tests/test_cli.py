@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mixfast import cli
-from mixfast.compare import check_compare_args, format_table, pareto_front, run_name
+from mixfast import cli, experiment
+from mixfast.cli.compare import check_compare_args
+from mixfast.compare import format_table, pareto_front, run_name
 
 TINY = [
     "--dataset", "synthetic", "--img-size", "16", "--train-limit", "40", "--test-limit", "20",
@@ -63,23 +64,23 @@ def test_config_yaml_unknown_key_is_usage_error(tmp_path, capsys):
 
 
 def test_patch_grid_checks():
-    assert cli.default_patch_size(28) == 7
-    assert cli.default_patch_size(64) == 8
-    assert cli.default_patch_size(224) == 16
-    assert cli.default_patch_size(16) == 4
+    assert experiment.default_patch_size(28) == 7
+    assert experiment.default_patch_size(64) == 8
+    assert experiment.default_patch_size(224) == 16
+    assert experiment.default_patch_size(16) == 4
     with pytest.warns(UserWarning, match="fewer than 16|< 16"):
-        cli.check_patch_grid(28, 14)
-    with pytest.raises(ValueError, match="--patch-size 5 must divide --img-size 28"):
-        cli.check_patch_grid(28, 5)
+        experiment.check_patch_grid(28, 14)
+    with pytest.raises(ValueError, match="patch_size 5 must divide img_size 28"):
+        experiment.check_patch_grid(28, 5)
 
 
 def test_failure_during_training_exits_1(monkeypatch, tmp_path, capsys):
-    import mixfast.trainer
+    import mixfast.train.trainer
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(mixfast.trainer, "train", broken)
+    monkeypatch.setattr(mixfast.train.trainer, "train", broken)
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 1
     assert "failed: RuntimeError: boom" in capsys.readouterr().err
 

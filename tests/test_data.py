@@ -167,7 +167,7 @@ def test_image_folder_holdout_split_is_stratified(tmp_path):
 def test_image_folder_mixed_sizes(tmp_path):
     for i, cls in enumerate("aabb"):
         write_image(tmp_path / cls / f"{i}.png", size=(8, 8) if i < 3 else (9, 8))
-    with pytest.raises(DataError, match=r"mixed sizes.*3\.png.*--img-size"):
+    with pytest.raises(DataError, match=r"mixed sizes.*3\.png.*img_size"):
         load_image_folder(tmp_path)
     splits = load_image_folder(tmp_path, size=6, test_fraction=0.5)
     assert splits.train_images.shape[1:] == (3, 6, 6)
@@ -261,9 +261,9 @@ def test_mixed_split_sizes():
 
 
 def test_unknown_dataset_and_missing_dir():
-    with pytest.raises(ValueError, match="--dataset 'mnist' is not allowed"):
+    with pytest.raises(ValueError, match="dataset 'mnist' is not allowed"):
         load_dataset("mnist")
-    with pytest.raises(DataError, match="needs --data-dir"):
+    with pytest.raises(DataError, match="needs data_dir"):
         load_dataset("imagefolder")
 
 

@@ -16,7 +16,7 @@ from _ddp_worker import config
 from _tiny import tiny_data, tiny_model
 
 from mixfast.checkpoint import load_checkpoint
-from mixfast.trainer import train
+from mixfast.train import train
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 

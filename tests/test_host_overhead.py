@@ -12,12 +12,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixfast import ops
-from mixfast._attention import (
+from mixfast.model import create_model
+from mixfast.model.packed import _cu_seqlens
+from mixfast.ops.attention import (
     varlen_attention_qkvpacked,
     varlen_attn_qkvpacked_bwd,
     varlen_attn_qkvpacked_fwd,
 )
-from mixfast.models import _cu_seqlens, create_model
 
 
 def cu_seqlens_of(lengths: list[int], device="cpu") -> torch.Tensor:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from mixfast import random_masking
-from mixfast.models import _drop_path_packed, create_model, sincos_pos_embed
+from mixfast.model import create_model, sincos_pos_embed
+from mixfast.model.packed import _drop_path_packed
 
 TINY = dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2)
 DECODER = dict(decoder_dim=16, decoder_depth=1, decoder_heads=2)

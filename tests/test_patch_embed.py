@@ -9,8 +9,8 @@ from timm.layers import PatchEmbed
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from mixfast import ops
-from mixfast._backend import interpreter_on
-from mixfast.reference import masked_patch_embed_reference
+from mixfast.ops._backend import interpreter_on
+from mixfast.ops.reference import masked_patch_embed_reference
 
 DTYPE_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 

@@ -15,15 +15,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mixfast import create_model
 from mixfast.checkpoint import export_encoder, load_checkpoint, load_model_state
+from mixfast.cli.args import add_train_arguments, config_from_args
+from mixfast.data import ImageDataset
 from mixfast.optim import make_adamw, param_groups
-from mixfast.trainer import (
-    MixTrainer,
-    NonFiniteLossError,
-    TrainConfig,
-    add_train_arguments,
-    config_from_args,
-    train,
-)
+from mixfast.train import MixTrainer, NonFiniteLossError, TrainConfig, train
 
 
 def tiny_config(tmp_path, name: str = "run", **overrides) -> TrainConfig:
@@ -154,14 +149,14 @@ class ItemDataset(torch.utils.data.Dataset):
         return self.data[index]
 
 
-class Uint8Dataset(ItemDataset):
-    """ImageDataset-like: public uint8 `images`, `labels`, `mean`, `std`."""
+class Uint8Dataset(ImageDataset):
+    """An ImageDataset (uint8 images, normalised on the device), and `data`: its float copy."""
 
     def __init__(self, data: TensorDataset) -> None:
         images, labels = data.tensors
-        self.images = (images.clamp(-4, 4) * 30 + 128).round().to(torch.uint8)
-        self.labels, self.mean, self.std = labels, (128 / 255,), (30 / 255,)
-        super().__init__(TensorDataset(self.images.float().sub(128).div(30), labels))
+        images = (images.clamp(-4, 4) * 30 + 128).round().to(torch.uint8)
+        super().__init__(images, labels, (128 / 255,), (30 / 255,))
+        self.data = TensorDataset(images.float().sub(128).div(30), labels)
 
 
 def test_dataset_kinds_read_the_same_order(tmp_path):

@@ -13,7 +13,7 @@ not write (the cls rows) are zero; the model fills them.
 Both ops are opaque `custom_op`s with fake impls and registered autograd (grads for weight, bias
 and pos_embed; images get none), so `torch.compile(fullgraph=True)` traces around them on CPU,
 under the Triton interpreter and on CUDA. Their bodies pick the Triton kernels
-(kernels/patch_embed.py) or the plain-PyTorch path (see mixfast/_backend.py). Under autocast the
+(kernels/patch_embed.py) or the plain-PyTorch path (mixfast/ops/reference.py; see mixfast/ops/_backend.py). Under autocast the
 floating inputs are cast to the autocast dtype (weights stay fp32 for the optimizer).
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mixfast._backend import use_triton
-from mixfast.reference import masked_patch_embed_reference, patchify_images
+from mixfast.ops._backend import use_triton
+from mixfast.ops.reference import masked_patch_embed_reference, patch_embed_bwd_reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -99,34 +99,6 @@ def _check_patch_inputs(
 
 
 # ----------------------------------------------------------------------------------------------
-# Plain-PyTorch backward (CPU, and the oracle of the tests); fp32 accumulation.
-# ----------------------------------------------------------------------------------------------
-
-
-def _reference_backward(
-    grad_tokens: Tensor, images: Tensor, weight: Tensor, patch_ids: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    batch, length, dim = grad_tokens.shape
-    patch = weight.shape[-1]
-    pixels = patchify_images(images, patch)  # [B, N, C*p*p]
-    num_patches = pixels.shape[1]
-    if patch_ids is not None:
-        index = patch_ids.long().unsqueeze(-1).expand(-1, -1, pixels.shape[-1])
-        pixels = torch.gather(pixels, 1, index)  # [B, L, C*p*p]
-    grad = grad_tokens.reshape(batch * length, dim).float()
-    pixels = pixels.reshape(batch * length, pixels.shape[-1]).float()
-    grad_weight = grad.t() @ pixels  # [D, C*p*p]
-    grad_bias = grad.sum(0)
-    if patch_ids is None:
-        grad_pos = grad.view(batch, length, dim).sum(0)
-    else:
-        grad_pos = grad.new_zeros(num_patches, dim)
-        grad_pos.index_add_(0, patch_ids.reshape(-1).long(), grad)
-    dtype = weight.dtype
-    return grad_weight.to(dtype).view(weight.shape), grad_bias.to(dtype), grad_pos.to(dtype)
-
-
-# ----------------------------------------------------------------------------------------------
 # The ops
 # ----------------------------------------------------------------------------------------------
 
@@ -162,7 +134,7 @@ def _patch_embed_backward_op(
         from mixfast.kernels import patch_embed as kernels
 
         return kernels.patch_embed_bwd(grad_tokens, images, weight, patch_ids)
-    return _reference_backward(grad_tokens, images, weight, patch_ids)
+    return patch_embed_bwd_reference(grad_tokens, images, weight, patch_ids)
 
 
 @_patch_embed_backward_op.register_fake

@@ -28,91 +28,32 @@ packed path must equal.
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Sequence
-from typing import NamedTuple
 
-import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from mixfast import ops
-from mixfast._attention import varlen_attention_qkvpacked
-from mixfast.masking import MaskingResult, random_masking
-from mixfast.reference import patchify_images
+from mixfast.model.packed import (
+    Images,
+    Labels,
+    PackedLayout,
+    _block_packed,
+    _cu_seqlens,
+    _MaskSpec,
+    _packed_index,
+    _slice_masking,
+    sl_groups,
+    task_weights_of,
+)
+from mixfast.model.vit import check_vit, sincos_pos_embed
+from mixfast.ops import MaskingResult, random_masking
+from mixfast.ops.reference import patchify_images
 
-SL_VIEWS = ("full", "masked")
+SL_VIEWS = ("full", "masked")  # the SL loss of a mix step: on full images or the masked view
 PACKED_ATTENTION = ("auto", "varlen", "sdpa")
-Labels = torch.Tensor | Sequence[torch.Tensor]
-Images = torch.Tensor | Sequence[torch.Tensor] | None
-
-
-class _MaskSpec(NamedTuple):
-    mask_ratio: float
-    seed: int | None
-    offset: int
-    masking: MaskingResult | None
-
-
-class _SLGroup(NamedTuple):
-    """SL images that one or more tasks label: tasks[i] is labelled by labels[i]."""
-
-    images: torch.Tensor
-    tasks: list[int]
-    labels: list[torch.Tensor]
-
-
-def sincos_pos_embed(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
-    """Fixed 2D sin-cos position embedding [1 + gh*gw, dim] with a zero cls row (as in MAE)."""
-    if dim % 4:
-        raise ValueError(
-            f"decoder_dim must be a multiple of 4 for the sin-cos embedding, got {dim}"
-        )
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    ys, xs = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64),
-        torch.arange(grid_w, dtype=torch.float64),
-        indexing="ij",
-    )
-    # MAE order: first half encodes the column (w), second half the row (h)
-    angles = [pos.reshape(-1, 1) * omega for pos in (xs, ys)]
-    emb = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
-    return torch.cat([emb.new_zeros(1, dim), emb]).float()
-
-
-def _check_vit(vit: nn.Module) -> None:
-    """The packed encoder path supports plain timm ViTs: cls token, learned pos embed, Blocks."""
-    if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"name_or_vit must be a timm VisionTransformer, got {type(vit).__name__}")
-    blocks = list(vit.blocks)
-    unsupported = {
-        "class_token=True": vit.cls_token is None,
-        "reg_tokens=0": vit.reg_token is not None,
-        "no_embed_class=False": vit.no_embed_class,
-        "dynamic_img_size=False": vit.dynamic_img_size,
-        "pos_embed='learn'": vit.pos_embed is None,
-        "global_pool='token'": vit.global_pool != "token"
-        or getattr(vit, "attn_pool", None) is not None,
-        "patch_drop_rate=0": not isinstance(vit.patch_drop, nn.Identity),
-        "no embed_norm_layer": not isinstance(vit.patch_embed.norm, nn.Identity),
-        "num_classes >= 1": not isinstance(vit.head, nn.Linear),
-        "block_fn=Block": any(type(block) is not Block for block in blocks),
-        # the packed varlen attention has no dropout
-        "attn_drop_rate=0": any(
-            block.attn.attn_drop.p > 0 for block in blocks if type(block) is Block
-        ),
-    }
-    bad = [name for name, failed in unsupported.items() if failed]
-    if bad:
-        raise ValueError(f"the mixfast encoder needs a timm ViT with {', '.join(bad)}")
-    patch, img = vit.patch_embed.patch_size, vit.patch_embed.img_size
-    if patch[0] != patch[1]:
-        raise ValueError(f"patch_size must be square, got {patch}")
-    if img[0] % patch[0] or img[1] % patch[1]:
-        raise ValueError(f"img_size {tuple(img)} must be divisible by patch_size {patch[0]}")
 
 
 class MixMAE(nn.Module):
@@ -134,7 +75,7 @@ class MixMAE(nn.Module):
         packed_attention: str = "auto",
     ) -> None:
         super().__init__()
-        _check_vit(vit)
+        check_vit(vit)
         if decoder_dim < 1 or decoder_depth < 1 or decoder_heads < 1:
             raise ValueError(
                 f"decoder_dim, decoder_depth and decoder_heads must be >= 1, got "
@@ -467,8 +408,8 @@ class MixMAE(nn.Module):
             (loss, parts): parts["ssl"] = L_mae, parts["sl"] = sum_k w_k * L_ce_k, and
             parts[f"sl_{k}"] = L_ce_k; an empty sub-batch contributes a 0 loss.
         """
-        groups = self._sl_groups(sl_images, labels)
-        weights = self._task_weights(task_weights, labels)
+        groups = sl_groups(self.num_tasks, sl_images, labels)
+        weights = task_weights_of(self.num_tasks, task_weights, labels)
         has_ssl = ssl_images is not None and ssl_images.shape[0] > 0
         ssl_images = ssl_images if has_ssl else None
         self._check_mixed(ssl_images, groups, sl_view, mask_ratio, validate)
@@ -543,51 +484,6 @@ class MixMAE(nn.Module):
             ssl_masking = _slice_masking(masking, rows[0])
         return ssl_out, ssl_masking, sl_cls
 
-    def _sl_groups(self, sl_images: Images, labels: Labels | None) -> list[_SLGroup]:
-        """Normalise (images, labels) into groups of distinct image tensors with their tasks."""
-        if sl_images is None or labels is None:
-            if sl_images is not None or labels is not None:
-                raise ValueError("sl_images and labels must both be given or both be None")
-            return []
-        if isinstance(labels, torch.Tensor):
-            if not isinstance(sl_images, torch.Tensor):
-                raise ValueError("labels is one tensor (task 0), so sl_images must be one tensor")
-            pairs = [(sl_images, 0, labels)]
-        else:
-            if len(labels) != self.num_tasks:
-                raise ValueError(
-                    f"labels must hold one tensor per task ({self.num_tasks}), got {len(labels)}"
-                )
-            images = [sl_images] * len(labels) if isinstance(sl_images, torch.Tensor) else sl_images
-            if len(images) != len(labels):
-                raise ValueError(
-                    f"sl_images must be one tensor or one per task ({len(labels)}), got {len(images)}"
-                )
-            pairs = [(img, k, lab) for k, (img, lab) in enumerate(zip(images, labels))]
-        groups: list[_SLGroup] = []
-        for img, task, lab in pairs:
-            if img.shape[0] == 0:
-                continue
-            group = next((g for g in groups if g.images is img), None)
-            if group is None:
-                group = _SLGroup(img, [], [])
-                groups.append(group)
-            group.tasks.append(task)
-            group.labels.append(lab)
-        return groups
-
-    def _task_weights(
-        self, task_weights: Sequence[float] | None, labels: Labels | None
-    ) -> dict[int, float]:
-        if labels is None:  # no SL sub-batch: weights do not matter
-            return {}
-        tasks = 1 if isinstance(labels, torch.Tensor) else self.num_tasks
-        if task_weights is None:
-            return {k: 1.0 / tasks for k in range(tasks)}
-        if len(task_weights) != tasks:
-            raise ValueError(f"task_weights must have {tasks} entries, got {len(task_weights)}")
-        return dict(enumerate(task_weights))
-
     def _check_mixed(self, ssl_images, groups, sl_view, mask_ratio, validate) -> None:
         if sl_view not in SL_VIEWS:
             raise ValueError(f"sl_view must be one of {SL_VIEWS}, got {sl_view!r}")
@@ -626,214 +522,3 @@ class MixMAE(nn.Module):
                 f"unexpected keys {unexpected}, shape mismatch {wrong}"
             )
         self.encoder.load_state_dict(state)
-
-
-def _slice_masking(masking: MaskingResult, rows: int) -> MaskingResult:
-    return MaskingResult(*(t[:rows] for t in masking))
-
-
-def _cu_seqlens(shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
-    """int32 [S + 1] start offsets of groups of `b` sequences of length `length`, back to back."""
-    return _packed_index(tuple(shapes), device, torch.int32)
-
-
-def _packed_index(
-    shapes: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype, shift: int = 0
-) -> torch.Tensor:
-    """cu_seqlens of `shapes` plus `shift`, as `dtype` on `device`.
-
-    The layout repeats every step, so eager calls share one cached tensor (no launch after the
-    first step). Traced (torch.compile) and inference-mode calls build their own: a compiled
-    graph keeps it as a constant, and an inference tensor could not be saved for backward by a
-    later training step. Built on the device, never copied from the host: a pageable H2D copy
-    would synchronise the stream (a new layout can appear mid-epoch, e.g. a short last batch).
-    """
-    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
-        return _build_packed_index(shapes, device, dtype, shift)
-    return _cached_packed_index(shapes, device, dtype, shift)
-
-
-def _build_packed_index(
-    shapes: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype, shift: int
-) -> torch.Tensor:
-    pieces, total = [torch.full((1,), shift, dtype=dtype, device=device)], shift
-    for b, length in shapes:
-        pieces.append(torch.arange(1, b + 1, dtype=dtype, device=device) * length + total)
-        total += b * length
-    return torch.cat(pieces)
-
-
-_cached_packed_index = functools.lru_cache(maxsize=32)(_build_packed_index)
-
-
-class PackedLayout(NamedTuple):
-    """Where the sequences of a packed buffer [T, D] are: groups of b sequences of one length."""
-
-    shapes: list[tuple[int, int]]  # (b, length) per group, back to back
-    cu_seqlens: torch.Tensor  # int32 [S + 1]
-    max_seqlen: int
-    varlen: bool  # attention by ops.varlen_attention (else SDPA per group)
-
-
-def _drop_path_packed(
-    branch: torch.Tensor, module: nn.Module, shapes: list[tuple[int, int]]
-) -> torch.Tensor:
-    """timm's DropPath (one draw per sample) on a packed [T, D] branch: one draw per sequence."""
-    if not isinstance(module, DropPath) or module.drop_prob == 0.0 or not module.training:
-        return branch
-    keep_prob = 1.0 - module.drop_prob
-    keep = [
-        branch.new_empty(b, 1, 1).bernoulli_(keep_prob).expand(b, length, 1).reshape(-1, 1)
-        for b, length in shapes
-    ]
-    keep = torch.cat(keep)
-    if module.scale_by_keep:
-        keep = keep / keep_prob
-    return branch * keep
-
-
-def _attention_packed(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
-    """timm Attention on a packed [T, D] buffer; each sequence attends only to itself."""
-    tokens = x.shape[0]
-    qkv = attn.qkv(x).view(tokens, 3, attn.num_heads, attn.head_dim)
-    plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
-    if layout.varlen and plain_qk:  # the backward fills one dqkv buffer, no stack
-        out = varlen_attention_qkvpacked(qkv, layout.cu_seqlens, layout.max_seqlen, attn.scale)
-    else:
-        q, k, v = qkv.unbind(1)  # [T, H, Dh] each
-        q, k = attn.q_norm(q).to(v.dtype), attn.k_norm(k).to(v.dtype)
-        if layout.varlen:
-            out = ops.varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, attn.scale)
-        else:
-            out = _grouped_attention(q, k, v, layout.shapes, attn.scale)
-    out = out.reshape(tokens, -1)
-    norm = getattr(attn, "norm", None)  # scale_attn_norm (newer timm)
-    if norm is not None:
-        out = norm(out)
-    gate = getattr(attn, "gate", None)  # optional sigmoid gate (recent timm)
-    if gate is not None:
-        out = out * gate(x).sigmoid()
-    return attn.proj_drop(attn.proj(out))
-
-
-def _grouped_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    shapes: list[tuple[int, int]],
-    scale: float,
-) -> torch.Tensor:
-    """Block-diagonal attention as one SDPA per group of equal-length sequences: [T, H, Dh]."""
-    sizes = [b * length for b, length in shapes]
-    outs = []
-    for (b, length), qg, kg, vg in zip(shapes, q.split(sizes), k.split(sizes), v.split(sizes)):
-        # [b * L, H, Dh] -> [b, H, L, Dh]
-        qg, kg, vg = (t.view(b, length, *t.shape[1:]).transpose(1, 2) for t in (qg, kg, vg))
-        out = F.scaled_dot_product_attention(qg, kg, vg, scale=scale)
-        outs.append(out.transpose(1, 2).reshape(b * length, *q.shape[1:]))
-    return torch.cat(outs)
-
-
-def _block_packed(block: Block, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
-    """timm Block.forward on a packed [T, D] buffer (same submodules, same math)."""
-    branch = block.ls1(_attention_packed(block.attn, block.norm1(x), layout))
-    x = x + _drop_path_packed(branch, block.drop_path1, layout.shapes)
-    branch = block.ls2(block.mlp(block.norm2(x)))
-    return x + _drop_path_packed(branch, block.drop_path2, layout.shapes)
-
-
-def create_model(
-    name_or_vit: str | VisionTransformer,
-    *,
-    img_size: int | tuple[int, int] | None = None,
-    patch_size: int | None = None,
-    in_chans: int | None = None,
-    num_classes: int | None = None,
-    decoder_dim: int = 128,
-    decoder_depth: int = 2,
-    decoder_heads: int = 4,
-    norm_pix_loss: bool = False,
-    task_classes: Sequence[int] | None = None,
-    packed_attention: str = "auto",
-    **vit_overrides,
-) -> MixMAE:
-    """Build a MixMAE from a timm ViT name (random init) or an existing VisionTransformer.
-
-    Args:
-        name_or_vit: e.g. "vit_tiny_patch16_224", or a timm VisionTransformer (used as is).
-        img_size, patch_size, in_chans: timm overrides (a name only); the image size must be
-            divisible by the patch size.
-        num_classes: classes of head 0 (default: timm's, 1000 for a name).
-        decoder_dim, decoder_depth, decoder_heads: the MAE decoder (small defaults for small
-            ViTs; MAE's ViT-B uses 512, 8, 16).
-        norm_pix_loss: MAE's per-patch normalised pixel target.
-        task_classes: classes per task for K heads (head 0 first); overrides num_classes.
-        packed_attention: "auto" | "varlen" | "sdpa", attention of the packed mixed step
-            (see MixMAE._use_varlen); also settable later as `model.packed_attention`.
-        **vit_overrides: other timm kwargs (depth, embed_dim, num_heads, drop_path_rate, ...).
-    """
-    if task_classes is not None:
-        if len(task_classes) < 1 or any(int(c) < 1 for c in task_classes):
-            raise ValueError(
-                f"task_classes must be a non-empty list of ints >= 1, got {task_classes}"
-            )
-        if num_classes is not None and num_classes != task_classes[0]:
-            raise ValueError(
-                f"num_classes ({num_classes}) disagrees with task_classes[0] ({task_classes[0]})"
-            )
-        num_classes = int(task_classes[0])
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if isinstance(name_or_vit, str):
-        vit = _create_vit(name_or_vit, img_size, patch_size, in_chans, num_classes, vit_overrides)
-    else:
-        vit = _adopt_vit(name_or_vit, img_size, patch_size, in_chans, num_classes, vit_overrides)
-    return MixMAE(
-        vit,
-        task_classes=task_classes or [vit.num_classes],
-        decoder_dim=decoder_dim,
-        decoder_depth=decoder_depth,
-        decoder_heads=decoder_heads,
-        norm_pix_loss=norm_pix_loss,
-        packed_attention=packed_attention,
-    )
-
-
-def _create_vit(name, img_size, patch_size, in_chans, num_classes, overrides) -> VisionTransformer:
-    if name not in timm.list_models("vit_*"):
-        raise ValueError(f"name_or_vit {name!r} is not a timm ViT name (timm.list_models('vit_*'))")
-    kwargs = dict(dynamic_img_size=False, class_token=True, global_pool="token")
-    given = dict(
-        img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes
-    )
-    kwargs.update({k: v for k, v in given.items() if v is not None}, **overrides)
-    return timm.create_model(name, pretrained=False, **kwargs)
-
-
-def _adopt_vit(vit, img_size, patch_size, in_chans, num_classes, overrides) -> VisionTransformer:
-    _check_vit(vit)
-    embed = vit.patch_embed
-    have = dict(
-        img_size=tuple(embed.img_size),
-        patch_size=embed.patch_size[0],
-        in_chans=embed.proj.in_channels,
-    )
-    wanted = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans)
-    for key, value in wanted.items():
-        if value is None:
-            continue
-        value = tuple(value) if key == "img_size" and not isinstance(value, int) else value
-        value = (value, value) if key == "img_size" and isinstance(value, int) else value
-        if value != have[key]:
-            raise ValueError(
-                f"{key}={value} differs from the given ViT's {have[key]}; pass a timm name to "
-                f"build a new one"
-            )
-    if overrides:
-        raise ValueError(f"timm overrides {sorted(overrides)} need a timm name, not an instance")
-    if num_classes is not None and num_classes != vit.num_classes:
-        vit.reset_classifier(num_classes)
-    return vit
-
-
-__all__ = ["MixMAE", "create_model", "sincos_pos_embed"]

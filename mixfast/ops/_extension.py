@@ -39,7 +39,7 @@ class ExtensionState:
 
 
 def rebuild_command() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if os.path.isfile(os.path.join(root, "setup.py")):
         return f"pip install --no-build-isolation -e {root}"
     return "pip install --no-build-isolation --force-reinstall --no-deps mixfast"

@@ -7,7 +7,8 @@ sequence attends only to itself.
 
 Two opaque custom ops carry it: `mixfast::varlen_attn_fwd` -> (out [T, H, Dh], lse [H, T] fp32)
 and `mixfast::varlen_attn_bwd` -> (dq, dk, dv). Their bodies pick the Triton kernels
-(kernels/attention.py) or the plain-PyTorch path below (see mixfast/_backend.py). They are opaque
+(kernels/attention.py) or the plain-PyTorch path (mixfast/ops/reference.py; the switch is
+mixfast/ops/_backend.py). They are opaque
 on purpose: torch.compile traces around them (fake impls below), never into Triton, so the same
 graph compiles on CPU, under the interpreter and on CUDA.
 """
@@ -18,97 +19,11 @@ import math
 
 import torch
 
-from mixfast._backend import use_triton
+from mixfast.ops._backend import use_triton
+from mixfast.ops.reference import varlen_attn_bwd_reference, varlen_attn_fwd_reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 256
-
-
-# ----------------------------------------------------------------------------------------------
-# Plain-PyTorch path (CPU, and the oracle of the tests): sequences of equal length are gathered
-# into one batch, so a mix step (two lengths) costs two batched matmuls, not one per sequence.
-# ----------------------------------------------------------------------------------------------
-
-
-def _length_groups(cu_seqlens: torch.Tensor) -> list[tuple[slice | torch.Tensor, int, int]]:
-    """(rows, n, L) for every group of n non-empty sequences sharing one length L: rows is a
-    slice when they lie back to back (a mix step's layout: views, no gather), else the row
-    indices [n, L]. One host read of cu_seqlens."""
-    cu = cu_seqlens.tolist()
-    starts_by_length: dict[int, list[int]] = {}
-    for start, end in zip(cu, cu[1:]):
-        if end > start:
-            starts_by_length.setdefault(end - start, []).append(start)
-    groups = []
-    for length, starts in sorted(starts_by_length.items()):
-        n = len(starts)
-        if starts[-1] - starts[0] == (n - 1) * length:  # every gap is one length: contiguous
-            groups.append((slice(starts[0], starts[0] + n * length), n, length))
-        else:
-            groups.append((torch.tensor(starts)[:, None] + torch.arange(length), n, length))
-    return groups
-
-
-def _take(t: torch.Tensor, rows: slice | torch.Tensor, n: int, length: int) -> torch.Tensor:
-    """Rows of one group of t [T, ...] as [n, L, ...]."""
-    if isinstance(rows, slice):
-        return t[rows].view(n, length, *t.shape[1:])
-    return t[rows.to(t.device)]
-
-
-def _put(dst: torch.Tensor, rows: slice | torch.Tensor, value: torch.Tensor) -> None:
-    """dst[rows] = value [n, L, ...] (the inverse of _take)."""
-    if isinstance(rows, slice):
-        dst[rows] = value.flatten(0, 1)
-    else:
-        dst[rows.to(dst.device)] = value
-
-
-def _scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    # [n, L, H, Dh] x [n, L, H, Dh] -> [n, H, L, L], fp32
-    return torch.einsum("nihd,njhd->nhij", q.float(), k.float()) * scale
-
-
-def _reference_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    total, heads, _ = q.shape
-    out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.zeros(total, heads, dtype=torch.float32, device=q.device)  # [H, T] at the end
-    for rows, n, length in _length_groups(cu_seqlens):
-        s = _scores(_take(q, rows, n, length), _take(k, rows, n, length), scale)
-        lse_g = torch.logsumexp(s, dim=-1)  # [n, H, L]
-        p = torch.exp(s - lse_g[..., None])
-        vg = _take(v, rows, n, length).float()
-        _put(out, rows, torch.einsum("nhij,njhd->nihd", p, vg).to(q.dtype))
-        _put(lse, rows, lse_g.transpose(1, 2))
-    return out, lse.t().contiguous()
-
-
-def _reference_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq, dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-    lse_t = lse.t()  # [T, H]
-    for rows, n, length in _length_groups(cu_seqlens):
-        qg, kg, vg = (_take(t, rows, n, length).float() for t in (q, k, v))
-        do, o = (_take(t, rows, n, length).float() for t in (grad_out, out))
-        lse_g = _take(lse_t, rows, n, length).transpose(1, 2)  # [n, H, L]
-        p = torch.exp(_scores(qg, kg, scale) - lse_g[..., None])
-        delta = (do * o).sum(-1).transpose(1, 2)  # [n, H, L]
-        dp = torch.einsum("nihd,njhd->nhij", do, vg)
-        ds = p * (dp - delta[..., None])
-        _put(dv, rows, torch.einsum("nhij,nihd->njhd", p, do).to(v.dtype))
-        _put(dq, rows, (torch.einsum("nhij,njhd->nihd", ds, kg) * scale).to(q.dtype))
-        _put(dk, rows, (torch.einsum("nhij,nihd->njhd", ds, qg) * scale).to(k.dtype))
-    return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,7 +47,7 @@ def varlen_attn_fwd(
         from mixfast.kernels.attention import varlen_attn_fwd as triton_fwd
 
         return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale)
-    return _reference_fwd(q, k, v, cu_seqlens, softmax_scale)
+    return varlen_attn_fwd_reference(q, k, v, cu_seqlens, softmax_scale)
 
 
 @varlen_attn_fwd.register_fake
@@ -159,7 +74,7 @@ def varlen_attn_bwd(
         from mixfast.kernels.attention import varlen_attn_bwd as triton_bwd
 
         return triton_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale)
-    return _reference_bwd(grad_out, q, k, v, out, lse, cu_seqlens, softmax_scale)
+    return varlen_attn_bwd_reference(grad_out, q, k, v, out, lse, cu_seqlens, softmax_scale)
 
 
 @varlen_attn_bwd.register_fake
@@ -209,7 +124,7 @@ def varlen_attn_qkvpacked_fwd(
         from mixfast.kernels.attention import varlen_attn_fwd as triton_fwd
 
         return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale)
-    return _reference_fwd(q, k, v, cu_seqlens, softmax_scale)
+    return varlen_attn_fwd_reference(q, k, v, cu_seqlens, softmax_scale)
 
 
 @varlen_attn_qkvpacked_fwd.register_fake
@@ -239,7 +154,7 @@ def varlen_attn_qkvpacked_bwd(
             grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale, dqkv.unbind(1)
         )
         return dqkv
-    grads = _reference_bwd(grad_out, q, k, v, out, lse, cu_seqlens, softmax_scale)
+    grads = varlen_attn_bwd_reference(grad_out, q, k, v, out, lse, cu_seqlens, softmax_scale)
     return torch.stack(grads, dim=1)
 
 

@@ -1,0 +1,161 @@
+"""The flags of `train` and `compare`: training flags generated from TrainConfig's fields, model
+and data flags, and `--config FILE.yaml` defaults. Library errors name settings as {name};
+`flag` spells them as these flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from mixfast.data import DATASETS, SSL_POOLS
+from mixfast.experiment import DEFAULT_MODEL
+from mixfast.model.mae import SL_VIEWS
+from mixfast.schedule import PIPELINES, TRANSITIONS
+from mixfast.train.config import NONFINITE, TrainConfig
+
+
+class UsageError(ValueError):
+    """Bad configuration found before any work: exit code 2."""
+
+
+def flag(name: str) -> str:
+    """An API setting name as its flag: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+# TrainConfig fields that are not flags, and the flags that differ from `--name VALUE`.
+NOT_FLAGS = ("augment", "compile_backend")
+CHOICES = {
+    "pipeline": PIPELINES,
+    "transition": TRANSITIONS,
+    "sl_view": SL_VIEWS,
+    "nonfinite": NONFINITE,
+}
+SWITCHES = {  # field -> (flag, argparse kwargs)
+    "compile": ("--no-compile", dict(action="store_const", const=False)),
+    "amp": ("--no-amp", dict(action="store_false")),
+    "progress": ("--no-progress", dict(action="store_false")),
+    "resume": ("--resume", dict(action="store_true", help="continue from OUT/last.pt")),
+}
+HELP = {
+    "mix_ratio": "rho in [0, 1]",
+    "batch_size": "per device",
+    "blr": "fine-tune base lr per 256",
+    "ssl_blr": "pre-train base lr per 256",
+    "out": "run folder (config, metrics, checkpoint)",
+    "stop_after": argparse.SUPPRESS,
+}
+VALUE_TYPES = {"float": float, "int": int, "str": str}
+
+
+def _value_type(field: dataclasses.Field) -> type:
+    """int / float / str from the field's annotation (`float | None` -> float)."""
+    annotation = str(field.type).split("|")[0].strip()
+    return VALUE_TYPES.get(annotation, str)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """One flag per TrainConfig field; defaults are TrainConfig's (so --config can set them)."""
+    defaults = TrainConfig()
+    group = parser.add_argument_group("training")
+    for field in dataclasses.fields(TrainConfig):
+        name = field.name
+        if name in NOT_FLAGS:
+            continue
+        if name in SWITCHES:
+            switch, kwargs = SWITCHES[name]
+            group.add_argument(switch, dest=name, **kwargs)
+            continue
+        kwargs: dict[str, Any] = dict(default=getattr(defaults, name))
+        if name in HELP:
+            kwargs["help"] = HELP[name]
+        if name in CHOICES:
+            kwargs["choices"] = CHOICES[name]
+        elif name == "task_weights":
+            kwargs.update(type=float, nargs="+")
+        else:
+            kwargs["type"] = _value_type(field)
+        group.add_argument(flag(name), **kwargs)
+    parser.set_defaults(**{name: getattr(defaults, name) for name in SWITCHES})
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed flags (fields absent from `args` keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_FLAGS)
+    config = TrainConfig(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+    config.validate()
+    return config
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", default=DEFAULT_MODEL, help="timm ViT name (default: %(default)s)"
+    )
+    group.add_argument("--img-size", type=int, default=None, help="input size; default: the data's")
+    group.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="patch size; default: the largest of 16/8/7/4 giving >= 16 patches",
+    )
+    group.add_argument("--depth", type=int, default=None, help="encoder blocks (override)")
+    group.add_argument("--embed-dim", type=int, default=None, help="encoder width (override)")
+    group.add_argument("--num-heads", type=int, default=None, help="attention heads (override)")
+    group.add_argument("--decoder-dim", type=int, default=None, help="MAE decoder width")
+    group.add_argument("--decoder-depth", type=int, default=None, help="MAE decoder blocks")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset", choices=DATASETS, default="fashion-mnist", help="(default: %(default)s)"
+    )
+    group.add_argument(
+        "--data-dir",
+        default=None,
+        help="dataset root; fashion-mnist also looks at $MIXFAST_FASHION_MNIST_DIR and dpkg",
+    )
+    group.add_argument("--fraction", type=float, default=1.0, help="labeled fraction per class")
+    group.add_argument("--per-class", type=int, default=None, help="labeled images per class")
+    group.add_argument("--train-limit", type=int, default=None, help="cap on training images")
+    group.add_argument("--test-limit", type=int, default=None, help="cap on test images")
+    group.add_argument(
+        "--ssl-pool",
+        choices=SSL_POOLS,
+        default="same",
+        help="SSL on the labeled images (same) or on every training image (all, two-stream)",
+    )
+    group.add_argument("--no-augment", action="store_true", help="no random resized crop / flip")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_arguments(parser)
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument(
+        "--config", default=None, metavar="FILE.yaml", help="defaults; flags override"
+    )
+
+
+def load_config_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """YAML mapping of option names (dashes or underscores) to values, checked against parser."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"--config {path}: cannot read it ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: want a mapping of option: value")
+    known = {a.dest for a in parser._actions}
+    defaults = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in known or dest in ("config", "help", "handler"):
+            raise UsageError(f"--config {path}: unknown option {key!r}")
+        defaults[dest] = value
+    return defaults

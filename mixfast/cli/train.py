@@ -1,0 +1,44 @@
+"""`mixfast train`: one pipeline on one dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from mixfast import experiment
+from mixfast.checkpoint import write_json
+from mixfast.cli.args import add_run_arguments, config_from_args
+from mixfast.train import distributed, trainer
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="train one pipeline", description="Train one pipeline.")
+    add_run_arguments(parser)
+    parser.set_defaults(handler=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
+    """Set up (errors here exit 2), then return the work to run (errors there exit 1)."""
+    config = config_from_args(args)
+    data = experiment.load_data(args)
+    model = experiment.build_model(args, data, config.seed)
+    config = experiment.with_augment(config, data, args)
+    main_rank = distributed.env_rank() == 0
+    if main_rank:
+        print(
+            f"mixfast train: {config.pipeline} on {args.dataset}: {data.summary()}", file=sys.stderr
+        )
+
+    def work() -> int:
+        result = trainer.train(config, model, data.ssl_data, data.sl_data, data.val_data)
+        if not main_rank:
+            return 0
+        write_json(
+            Path(config.out) / "data.json", experiment.data_settings(args, data, args.fraction)
+        )
+        print(f"top-1 {100 * result.top1:.2f}%  wall {result.wall_s:.1f}s  -> {config.out}")
+        return 0
+
+    return work

@@ -1,0 +1,58 @@
+"""Data: readers of image sources into uint8 splits (sources.py) and the training data built
+from them (training.py)."""
+
+from mixfast.data.sources import (
+    DATASETS,
+    FASHION_MNIST_ENV,
+    DataError,
+    ImageSplits,
+    find_fashion_mnist,
+    from_tensors,
+    load_dataset,
+    load_fashion_mnist,
+    load_image_files,
+    load_image_folder,
+    load_synthetic,
+    load_tinyimagenet,
+    read_idx,
+    resize_images,
+    resize_splits,
+    stratified_subset,
+    synthetic_images,
+    validate_images,
+)
+from mixfast.data.training import (
+    SSL_POOLS,
+    BatchAugment,
+    ImageDataset,
+    TrainingData,
+    normalize,
+    prepare_training_data,
+)
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_ENV",
+    "SSL_POOLS",
+    "BatchAugment",
+    "DataError",
+    "ImageDataset",
+    "ImageSplits",
+    "TrainingData",
+    "find_fashion_mnist",
+    "from_tensors",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_image_files",
+    "load_image_folder",
+    "load_synthetic",
+    "load_tinyimagenet",
+    "normalize",
+    "prepare_training_data",
+    "read_idx",
+    "resize_images",
+    "resize_splits",
+    "stratified_subset",
+    "synthetic_images",
+    "validate_images",
+]

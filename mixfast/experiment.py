@@ -1,0 +1,117 @@
+"""One run from plain settings: load and split the data, size the model, hand the trainer its
+augmentation, and describe what was used (DIR/data.json). What `mixfast train` and `mixfast
+compare` share; `settings` is any object with the attributes below (the CLI passes its parsed
+flags). Errors are `SettingError`s naming settings as {name}."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from mixfast.checks import SettingError
+from mixfast.data import TrainingData, load_dataset, prepare_training_data
+
+DEFAULT_MODEL = "vit_tiny_patch16_224"
+MIN_PATCHES = 16
+MODEL_OVERRIDES = ("depth", "embed_dim", "num_heads", "decoder_dim", "decoder_depth")
+
+
+def default_patch_size(img_size: int) -> int:
+    """The largest of 16 (>= 128 px), 8, 7, 4 dividing img_size with >= 16 patches."""
+    if img_size >= 128:
+        return 16
+    for patch in (8, 7, 4):
+        if img_size % patch == 0 and (img_size // patch) ** 2 >= MIN_PATCHES:
+            return patch
+    return 4 if img_size % 4 == 0 else 1
+
+
+def check_patch_grid(img_size: int, patch_size: int) -> None:
+    if patch_size < 1 or img_size % patch_size:
+        raise SettingError(f"{{patch_size}} {patch_size} must divide {{img_size}} {img_size}")
+    patches = (img_size // patch_size) ** 2
+    if patches < MIN_PATCHES:
+        warnings.warn(
+            f"patch grid too coarse: {img_size}x{img_size} images with patch {patch_size} give "
+            f"{patches} patches (< {MIN_PATCHES}); MAE masking 75% leaves too little to see. "
+            "Use a smaller patch size.",
+            stacklevel=2,
+        )
+
+
+def load_data(settings: Any, *, fraction: float | None = None) -> TrainingData:
+    """settings: dataset, data_dir, img_size, seed and what prepare_data reads."""
+    if settings.img_size is not None and settings.img_size < 4:
+        raise SettingError(f"{{img_size}} must be >= 4, got {settings.img_size}")
+    splits = load_dataset(
+        settings.dataset, settings.data_dir, size=settings.img_size, seed=settings.seed
+    )
+    return prepare_data(splits, settings, fraction=fraction)
+
+
+def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> TrainingData:
+    """settings: fraction, per_class, train_limit, test_limit, ssl_pool, seed."""
+    fraction = settings.fraction if fraction is None else fraction
+    if not 0.0 < fraction <= 1.0:
+        raise SettingError(f"{{fraction}} must be in (0, 1], got {fraction}")
+    return prepare_training_data(
+        splits,
+        fraction=fraction,
+        per_class=settings.per_class,
+        train_limit=settings.train_limit,
+        test_limit=settings.test_limit,
+        ssl_pool=settings.ssl_pool,
+        seed=settings.seed,
+    )
+
+
+def model_kwargs(settings: Any, data: TrainingData) -> dict[str, Any]:
+    """create_model kwargs: the data's shape and classes, patch_size and MODEL_OVERRIDES."""
+    channels, img_size, _ = data.image_shape
+    patch_size = settings.patch_size or default_patch_size(img_size)
+    check_patch_grid(img_size, patch_size)
+    kwargs: dict[str, Any] = dict(
+        img_size=img_size, patch_size=patch_size, in_chans=channels, num_classes=data.num_classes
+    )
+    for name in MODEL_OVERRIDES:
+        if getattr(settings, name, None) is not None:
+            kwargs[name] = getattr(settings, name)
+    return kwargs
+
+
+def build_model(settings: Any, data: TrainingData, seed: int) -> nn.Module:
+    from mixfast.model import create_model
+
+    torch.manual_seed(seed)  # every pipeline of one seed starts from the same weights
+    return create_model(settings.model, **model_kwargs(settings, data))
+
+
+def with_augment(config, data: TrainingData, settings: Any):
+    """Hand the trainer the on-device batch augmentation unless settings.no_augment."""
+    if settings.no_augment:
+        return config
+    return dataclasses.replace(config, augment=data.augment(seed=config.seed))
+
+
+def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[str, Any]:
+    """DIR/data.json: the data and model a run used."""
+    return {
+        "dataset": settings.dataset,
+        "data_dir": settings.data_dir,
+        "fraction": fraction,
+        "per_class": settings.per_class,
+        "train_limit": settings.train_limit,
+        "test_limit": settings.test_limit,
+        "ssl_pool": settings.ssl_pool,
+        "augment": not settings.no_augment,
+        "labeled": len(data.sl_data),
+        "test": len(data.val_data),
+        "ssl_images": len(data.sl_data if data.ssl_data is None else data.ssl_data),
+        "image_shape": list(data.image_shape),
+        "model": settings.model,
+        "model_kwargs": model_kwargs(settings, data),
+    }

@@ -1,0 +1,209 @@
+"""What a run is: `TrainConfig` (every setting, validated), the resolved plan derived from it
+(absolute lrs, warmup and total steps per optimizer stage, compile and amp in effect, budget),
+`TrainResult` and the trainer's errors. Pure: no data, no model, no files."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mixfast.checks import check_choice, check_int, check_number
+from mixfast.model.mae import SL_VIEWS
+from mixfast.schedule import PIPELINES, TRANSITIONS, MixSchedule
+
+NONFINITE = ("stop", "skip")
+COMPILE = ("auto", True, False)
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+# Settings that may change between a run and its resumption.
+RESUMABLE = {"out", "resume", "progress", "log_every", "num_workers", "stop_after", "device"}
+RESUMABLE |= {"compile", "compile_backend", "augment"}
+STAGES = {"pretrain": ("ssl",), "finetune": ("mix", "sl")}  # optimizer stage -> its phases
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss was NaN or inf and nonfinite="stop"."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; `to_dict()` of it is DIR/config.json (without "resolved")."""
+
+    pipeline: str = "mix"  # "sl" | "ssl+sl" | "mix"
+    ssl_epochs: int = 10
+    sl_epochs: int = 10
+    mix_ratio: float = 0.5  # rho; the mix phase has round(rho * min(E_ssl, E_sl)) epochs
+    transition: str = "linear"  # a(t): "linear" | "cosine" | "constant"
+    alpha_constant: float = 0.5  # a for transition="constant"
+    sl_view: str = "full"  # SL loss in a mix step on "full" images or the "masked" view
+    mask_ratio: float = 0.75
+    batch_size: int = 64  # per device, per objective
+    accum_steps: int = 1
+    blr: float = 1e-3  # fine-tune base lr (x effective batch / 256)
+    ssl_blr: float = 1.5e-4  # pre-train base lr (x effective batch / 256)
+    min_lr: float = 0.0
+    warmup_epochs: float = 1.0  # per optimizer stage
+    weight_decay: float = 0.05
+    layer_decay: float | None = None  # None: 0.75 after pre-training, 1.0 for "sl"
+    label_smoothing: float = 0.1  # SL-phase cross-entropy
+    clip_grad: float | None = None  # max grad norm; None or 0 = off
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    compile: bool | str = "auto"  # "auto": torch.compile the step on CUDA only
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager" to debug)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    out: str | None = None  # run folder; None writes nothing
+    resume: bool = False
+    nonfinite: str = "stop"  # "stop" | "skip"
+    num_workers: int = 0
+    log_every: int = 50
+    progress: bool = True
+    task_weights: list[float] | None = None
+    stop_after: int = 0  # stop (with a checkpoint) after this many optimizer steps; 0 = never
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad argument and what it allows."""
+        check_choice("pipeline", self.pipeline, PIPELINES)
+        check_choice("transition", self.transition, TRANSITIONS)
+        check_choice("sl_view", self.sl_view, SL_VIEWS)
+        check_choice("nonfinite", self.nonfinite, NONFINITE)
+        check_choice("compile", self.compile, COMPILE)
+        check_int("ssl_epochs", self.ssl_epochs, 0)
+        check_int("sl_epochs", self.sl_epochs, 1)
+        if self.pipeline != "sl" and self.ssl_epochs < 1:
+            raise ValueError(f"ssl_epochs must be >= 1 for pipeline {self.pipeline!r}")
+        for name in ("batch_size", "accum_steps", "log_every"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("seed", "num_workers", "stop_after"):
+            check_int(name, getattr(self, name), 0)
+        check_number("mix_ratio", self.mix_ratio, 0.0, 1.0)
+        check_number("alpha_constant", self.alpha_constant, 0.0, 1.0)
+        check_number("mask_ratio", self.mask_ratio, 0.0, 1.0, high_open=True, low_open=True)
+        check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        check_number("blr", self.blr, 0.0, math.inf, low_open=True)
+        check_number("ssl_blr", self.ssl_blr, 0.0, math.inf, low_open=True)
+        for name in ("min_lr", "warmup_epochs", "weight_decay"):
+            check_number(name, getattr(self, name), 0.0, math.inf)
+        if self.layer_decay is not None:
+            check_number("layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
+        if self.clip_grad is not None:
+            check_number("clip_grad", self.clip_grad, 0.0, math.inf)
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
+            )
+        if self.task_weights is not None and (
+            len(self.task_weights) == 0 or any(float(w) < 0 for w in self.task_weights)
+        ):
+            raise ValueError(
+                f"task_weights must be a non-empty list of weights >= 0, got {self.task_weights}"
+            )
+        if self.resume and not self.out:
+            raise ValueError("resume=True needs out (the run folder holding last.pt)")
+        if self.augment is not None and not callable(self.augment):
+            raise ValueError(f"augment must be callable(images) -> images, got {self.augment!r}")
+
+    def schedule(self) -> MixSchedule:
+        return MixSchedule.for_pipeline(
+            self.pipeline,
+            self.ssl_epochs,
+            self.sl_epochs,
+            self.mix_ratio,
+            self.transition,
+            self.alpha_constant,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """asdict, with the augment callable written as its class name."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if data["augment"] is not None:
+            data["augment"] = type(data["augment"]).__name__
+        return data
+
+    def changed_on_resume(self, saved: dict[str, Any]) -> list[str]:
+        """Settings that differ from a checkpoint's config and may not change on resume."""
+        now = self.to_dict()
+        return sorted(k for k in now if k not in RESUMABLE and k in saved and saved[k] != now[k])
+
+
+def resolve_plan(
+    config: TrainConfig,
+    schedule: MixSchedule,
+    *,
+    steps: dict[str, int],
+    ssl_steps: int,
+    sl_steps: int,
+    world: int,
+    device: torch.device,
+    tasks: int,
+    two_stream: bool,
+) -> dict[str, Any]:
+    """What a run derives from its config and data: DIR/config.json["resolved"].
+
+    Base lrs scale by effective batch / 256 (per device x devices x accumulation); each
+    optimizer stage warms up for `warmup_epochs` (at most the whole stage)."""
+    eff = config.batch_size * world * config.accum_steps
+    pretrained = schedule.ssl_epochs > 0
+    layer_decay = config.layer_decay
+    if layer_decay is None:
+        layer_decay = 0.75 if pretrained else 1.0
+    stages = {}
+    for stage, phases in STAGES.items():
+        specs = [p for p in schedule.phases if p.name in phases]
+        total = sum(p.epochs * steps[p.name] for p in specs)
+        if total == 0:
+            continue
+        warmup = min(round(config.warmup_epochs * total / sum(p.epochs for p in specs)), total)
+        blr = config.ssl_blr if stage == "pretrain" else config.blr
+        stages[stage] = {
+            "lr": blr * eff / 256,
+            "warmup_steps": warmup,
+            "total_steps": total,
+            "betas": [0.9, 0.95] if stage == "pretrain" else [0.9, 0.999],
+            "layer_decay": 1.0 if stage == "pretrain" else layer_decay,
+        }
+    compile_on = config.compile is True or (config.compile == "auto" and device.type == "cuda")
+    return {
+        "world_size": world,
+        "effective_batch": eff,
+        "device": str(device),
+        "compile": compile_on,
+        "amp": bool(config.amp and device.type == "cuda"),
+        "tasks": tasks,
+        "mode": "two-stream" if two_stream else "same-images",
+        "steps_per_epoch": dict(steps),
+        "stages": stages,
+        "schedule": schedule.to_dict(),
+        "budget": schedule.budget(
+            ssl_steps=ssl_steps, sl_steps=sl_steps, batch_size=eff, tasks=tasks
+        ),
+    }
+
+
+def stage_of(phase: str) -> str:
+    return next(stage for stage, phases in STAGES.items() if phase in phases)
+
+
+@dataclass
+class TrainResult:
+    top1: float | None  # validation top-1 of task 0 in [0, 1] after the last epoch
+    top1_tasks: list[float | None]
+    wall_s: float  # total, evaluation included
+    phase_wall_s: dict[str, float]  # training seconds per phase
+    eval_wall_s: float
+    sample_passes: dict[str, int]  # {"ssl": .., "sl": ..}: samples each objective saw
+    budget: dict[str, Any]  # MixSchedule.budget of the whole plan
+    epochs: list[dict[str, Any]]  # the rows of metrics.jsonl
+    global_step: int
+    skipped_steps: int
+    completed: bool  # False when stopped early (stop_after, a signal)
+    resolved: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

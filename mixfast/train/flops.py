@@ -1,0 +1,34 @@
+"""Model FLOPs of one optimizer step per phase, counted once with FlopCounterMode (forward +
+backward of one micro-batch, custom ops included through mixfast.ops.flops), so the cost of a
+run does not depend on the machine's load. The optimizer update (a few FLOPs per parameter) and
+evaluation are not counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mixfast.ops.flops import register
+from mixfast.train.objectives import LossFn, Objectives
+
+
+def micro_batch_flops(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: dict[str, Any],
+    alpha: torch.Tensor | None,
+    mask: Any,
+    params: list[nn.Parameter],
+) -> int:
+    """FLOPs of loss_fn's forward and the backward to `params` on `batch` (eager, no .grad
+    written, RNG state restored)."""
+    register()
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = loss_fn(Objectives(model), batch, alpha, mask)
+            torch.autograd.grad(loss, params, allow_unused=True)
+    return int(counter.get_total_flops())

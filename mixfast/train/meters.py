@@ -1,0 +1,124 @@
+"""Running sums of an epoch kept on the device (no host sync per step), read at check points.
+
+The hot path only adds tensors: loss sums, a non-finite flag with the first bad step and its
+loss, and the optimizer-step counter. `check` is the one host-sync point (every `log_every`
+steps and at each epoch end): it raises on a non-finite loss and feeds the progress bar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mixfast.schedule import MixSchedule
+from mixfast.train.distributed import Dist
+
+LOSSES = ("loss", "ssl", "sl")
+
+
+class Meters:
+    """Sums of the epoch in progress; `state_dict` carries them across a mid-epoch resume."""
+
+    def __init__(self, device: torch.device, dist: Dist) -> None:
+        self.device, self.dist = device, dist
+        self.sums: dict[str, torch.Tensor] = {}
+        self.micro, self.train_s = 0, 0.0
+        self._pending: dict[str, Any] | None = None
+
+    def _zero(self) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def start_epoch(self, global_step: int) -> None:
+        """Zero sums (plus those restored by load_state_dict, once) at optimizer step
+        `global_step`."""
+        self.sums = {name: self._zero() for name in (*LOSSES, "bad_loss")}
+        self.sums["bad"] = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.sums["bad_step"] = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.sums["step"] = torch.full((), global_step, dtype=torch.int64, device=self.device)
+        self.micro, self.train_s = 0, 0.0
+        if self._pending is not None:
+            for name in (*LOSSES, "bad_loss"):
+                self.sums[name] += self._pending[name].to(self.device)
+            self.micro, self.train_s = self._pending["micro"], self._pending["train_s"]
+            self._pending = None
+
+    def add(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], step_done: bool) -> None:
+        """One micro-batch's loss; `step_done` when it was the optimizer step's last one."""
+        s = self.sums
+        loss = loss.detach()
+        s["loss"] += loss
+        s["ssl"] += parts.get("ssl", loss.new_zeros(())).detach()
+        s["sl"] += parts.get("sl", loss.new_zeros(())).detach()
+        self.micro += 1
+        bad = ~torch.isfinite(loss)
+        first = bad & ~s["bad"]
+        s["bad_step"] = torch.where(first, s["step"], s["bad_step"])
+        s["bad_loss"] = torch.where(first, loss.double(), s["bad_loss"])
+        s["bad"] |= bad
+        if step_done:
+            s["step"] += 1
+
+    def first_nonfinite(self) -> tuple[int, float] | None:
+        """(step, loss) of the first non-finite loss on any rank (step -1: another rank's)."""
+        flag = self.dist.all_max(self.sums["bad"].to(torch.int32))
+        if not flag.item():
+            return None
+        return int(self.sums["bad_step"]), float(self.sums["bad_loss"])
+
+    def local_means(self) -> dict[str, float]:
+        """This rank's mean losses so far (a host sync; for the progress bar)."""
+        micro = max(self.micro, 1)
+        return {name: float(self.sums[name]) / micro for name in LOSSES}
+
+    def epoch_means(self) -> list[float]:
+        """Mean loss, SSL loss and SL loss over the epoch's micro-batches on all ranks."""
+        losses = self.dist.all_sum(torch.stack([self.sums[name] for name in LOSSES]))
+        return (losses / max(self.micro * self.dist.world, 1)).tolist()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        if not self.sums:
+            return None
+        state = {name: self.sums[name].cpu() for name in (*LOSSES, "bad_loss")}
+        return {**state, "micro": self.micro, "train_s": self.train_s}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self._pending = state
+
+
+def progress_bar(enabled: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
+
+
+@dataclass
+class Position:
+    """Where the run is: epoch index in the plan, optimizer steps done in it and in total,
+    micro-batches done in total (they key the masking offsets)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    micro_step: int = 0
+    finished: bool = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+def fresh_totals(schedule: MixSchedule) -> dict[str, Any]:
+    return {
+        "phase_wall_s": {p.name: 0.0 for p in schedule.phases},
+        "eval_wall_s": 0.0,
+        "wall_s": 0.0,
+        "sample_passes": {"ssl": 0, "sl": 0},
+        "skipped_steps": 0,
+    }

@@ -1,0 +1,169 @@
+"""The loss and the batch of each phase: SSL steps call `forward_ssl`, SL steps `forward_sl` +
+cross-entropy, mix steps `forward_mixed` with a(t) as a 0-dim device tensor.
+
+A batch is {"ssl": images} and/or {"sl": [(images, labels)] per task}, augmented on the device.
+The MAE masks of a micro-batch are computed outside any compiled region (`random_masking` keyed
+by the seed and the micro-batch's index in the global order) and passed as `masking=`, so a new
+step never recompiles.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mixfast.ops import random_masking
+from mixfast.train.config import TrainConfig
+from mixfast.train.streams import Stream
+
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class Objectives(nn.Module):
+    """Routes forward(kind, ...) to model.forward_<kind>, so DDP sees one forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, kind: str, *args, **kwargs):
+        return getattr(self.model, f"forward_{kind}")(*args, **kwargs)
+
+
+def mixed_extra_kwargs(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """label_smoothing for forward_mixed, when the model's forward_mixed takes it."""
+    params = inspect.signature(model.forward_mixed).parameters
+    return {"label_smoothing": config.label_smoothing} if "label_smoothing" in params else {}
+
+
+def takes_precomputed_masks(model: nn.Module) -> bool:
+    return hasattr(model, "num_patches") and all(
+        "masking" in inspect.signature(f).parameters
+        for f in (model.forward_ssl, model.forward_mixed)
+    )
+
+
+def make_loss(phase: str, cfg: TrainConfig, tasks: int, mixed_kwargs: dict[str, Any]) -> LossFn:
+    """The loss of one micro-batch: fn(net, batch, alpha, mask) -> (loss, parts).
+
+    `mask` is the precomputed MaskingResult or, for models without `masking=`, the int masking
+    offset.
+    """
+    weights = cfg.task_weights or [1.0 / tasks] * tasks
+
+    def masking(mask) -> dict[str, Any]:
+        if isinstance(mask, int):
+            return {"mask_ratio": cfg.mask_ratio, "seed": cfg.seed, "offset": mask}
+        return {"mask_ratio": cfg.mask_ratio, "masking": mask}
+
+    def ssl_loss(net, batch, alpha, mask):
+        loss = net("ssl", batch["ssl"], **masking(mask))
+        return loss, {"ssl": loss}
+
+    def sl_loss(net, batch, alpha, mask):
+        loss = 0.0
+        for k, (images, labels) in enumerate(batch["sl"]):
+            logits = net("sl", images, task=k) if tasks > 1 else net("sl", images)
+            ce = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            loss = loss + weights[k] * ce
+        return loss, {"sl": loss}
+
+    def mix_loss(net, batch, alpha, mask):
+        sl = batch["sl"]
+        images = sl[0][0] if tasks == 1 else [x for x, _ in sl]
+        labels = sl[0][1] if tasks == 1 else [y for _, y in sl]
+        return net(
+            "mixed",
+            batch["ssl"],
+            images,
+            labels,
+            alpha=alpha,
+            sl_view=cfg.sl_view,
+            task_weights=cfg.task_weights,
+            **masking(mask),
+            **mixed_kwargs,
+        )
+
+    return {"ssl": ssl_loss, "sl": sl_loss, "mix": mix_loss}[phase]
+
+
+class PhaseBatches:
+    """The batches of each phase from the SSL stream (None: the SL images serve both
+    objectives) and one SL stream per task, augmented (or normalised) on the device."""
+
+    def __init__(
+        self,
+        ssl_stream: Stream | None,
+        sl_streams: Sequence[Stream],
+        augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> None:
+        self.ssl_stream, self.sl_streams, self.augment = ssl_stream, list(sl_streams), augment
+
+    @property
+    def streams(self) -> list[Stream]:
+        return [s for s in (self.ssl_stream, *self.sl_streams) if s is not None]
+
+    def of_phase(self, phase: str) -> list[Stream]:
+        """The streams a phase reads (each starts a new pass at the phase's epoch start)."""
+        if phase == "ssl":
+            return [self.ssl_stream or self.sl_streams[0]]
+        streams = list(self.sl_streams)
+        if phase == "mix" and self.ssl_stream is not None:
+            streams.insert(0, self.ssl_stream)
+        return streams
+
+    def _prepare(self, stream: Stream, images: torch.Tensor) -> torch.Tensor:
+        return self.augment(images) if self.augment else stream.normalize(images)
+
+    def next(self, phase: str) -> dict[str, Any]:
+        batch: dict[str, Any] = {}
+        if phase != "sl":
+            src = self.ssl_stream or self.sl_streams[0]
+            images, labels = src.next()
+            batch["ssl"] = self._prepare(src, images)
+            if self.ssl_stream is None and phase == "mix":
+                batch["sl"] = [(batch["ssl"], labels)]
+        if phase != "ssl":
+            first = 1 if "sl" in batch else 0
+            tasks = batch.setdefault("sl", [])
+            for s in self.sl_streams[first:]:
+                images, labels = s.next()
+                tasks.append((self._prepare(s, images), labels))
+            for k, (_, labels) in enumerate(tasks):
+                if labels is None:
+                    raise ValueError(f"sl_data task {k} yields no labels")
+        return batch
+
+    def sample(self, phase: str) -> dict[str, Any]:
+        """A tiny batch of `phase` without moving any stream (the DDP unused-parameter probe)."""
+        batch: dict[str, Any] = {}
+        if phase != "sl":
+            src = self.ssl_stream or self.sl_streams[0]
+            batch["ssl"] = src.normalize(src.sample()[0])
+        if phase != "ssl":
+            batch["sl"] = []
+            for s in self.sl_streams:
+                images, labels = s.sample()
+                batch["sl"].append((s.normalize(images), labels))
+        return batch
+
+
+def phase_masks(
+    model: nn.Module, cfg: TrainConfig, phase: str, batch: dict[str, Any], offset: int
+) -> Any:
+    """The MAE masks of one micro-batch at global micro-batch index `offset`."""
+    if phase == "sl":
+        return offset
+    ssl = batch["ssl"]
+    rows = ssl.shape[0]
+    if phase == "mix" and cfg.sl_view == "masked":  # SL images with their own masks
+        own = {id(x): x.shape[0] for x, _ in batch["sl"] if x is not ssl}
+        rows += sum(own.values())
+    return random_masking(
+        rows, model.num_patches, cfg.mask_ratio, seed=cfg.seed, offset=offset, device=ssl.device
+    )

@@ -1,0 +1,576 @@
+"""`MixTrainer`: SL, SSL+SL and MixTraining through one code path.
+
+The plan comes from `MixSchedule` (SSL x (E_ssl - M) -> MIX x M -> SL x (E_sl - M)); one step
+function serves every phase (mixfast/train/objectives.py). With `compile` (default "auto": on
+for CUDA, off on CPU where it measured 0.96x) each phase's loss function is torch.compiled once.
+
+Optimizer stages. MAE trains with two optimizers: pre-training (blr 1.5e-4, betas 0.9/0.95) and
+a fresh one for fine-tuning (blr 1e-3, betas 0.9/0.999, layer-wise lr decay). The SSL phase is
+the "pretrain" stage and the mix phase opens the "finetune" stage, which runs through the SL
+phase with one AdamW and one warmup + cosine schedule. So rho = 0 is MAE's recipe unchanged.
+
+Host syncs. The hot path has none (mixfast/train/meters.py). `nonfinite="stop"` (default)
+notices a NaN/inf loss up to `log_every` steps late but names the exact first step, its phase
+and its loss; the weights are then damaged, so no checkpoint is written and DIR/last.pt stays
+the last good one. `nonfinite="skip"` decides before each optimizer step (one sync per step):
+the step is skipped when the gradient norm is not finite (the same on every DDP rank).
+
+Distributed: under `torchrun` each phase wraps the model in DistributedDataParallel with the
+parameters that phase leaves unused frozen (found by one tiny forward/backward), so
+find_unused_parameters stays off. Masking offsets follow the global micro-batch order, so DDP
+reproduces single-process training. Rank 0 writes every file.
+
+State. Each component saves its own state (streams, meters, optimizer, position); `state_dict`
+composes them into DIR/last.pt (layout in mixfast/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mixfast import checkpoint as ckpt
+from mixfast.optim import make_adamw, set_lr, warmup_cosine
+from mixfast.schedule import PHASES, EpochSpec, MixSchedule
+from mixfast.train.config import (
+    NonFiniteLossError,
+    TrainConfig,
+    TrainResult,
+    resolve_plan,
+    stage_of,
+)
+from mixfast.train.distributed import Dist, init_distributed, resolve_device, wrap_ddp
+from mixfast.train.meters import Meters, Position, fresh_totals, progress_bar
+from mixfast.train.objectives import (
+    LossFn,
+    Objectives,
+    PhaseBatches,
+    make_loss,
+    mixed_extra_kwargs,
+    phase_masks,
+    takes_precomputed_masks,
+)
+from mixfast.train.stopping import StopRequests
+from mixfast.train.streams import EvalBatches, Stream, evaluate, num_classes
+
+Data = Dataset | DataLoader
+
+
+class MixTrainer:
+    """Runs the phase plan of a TrainConfig on a MixMAE-style model.
+
+    `model`: an nn.Module with forward_ssl / forward_sl / forward_mixed (mixfast.create_model),
+    or a timm ViT name / VisionTransformer (built with `create_model(model, **model_kwargs)`,
+    num_classes read from the labels when not given). `config`: a TrainConfig, or a
+    MixSchedule (a "mix" config with its epochs); keyword overrides replace config fields.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str,
+        config: TrainConfig | MixSchedule | None = None,
+        *,
+        model_kwargs: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
+        if isinstance(config, MixSchedule):
+            config = TrainConfig(
+                pipeline="mix",
+                ssl_epochs=config.ssl_epochs,
+                sl_epochs=config.sl_epochs,
+                mix_ratio=config.mix_ratio,
+                transition=config.transition,
+                alpha_constant=config.alpha_constant,
+            )
+        config = dataclasses.replace(config or TrainConfig(), **overrides)
+        config.validate()
+        self.config = config
+        self.schedule = config.schedule()
+        self.model_spec = model  # what was given: a module, a timm name or a timm ViT
+        self.model_kwargs = dict(model_kwargs or {})
+        self.model: nn.Module | None = None  # built by fit()
+        self.dist = Dist()
+        self.device = torch.device("cpu")
+        self.batches: PhaseBatches | None = None
+        self.evals: list[EvalBatches] = []
+        self.meters: Meters | None = None
+        self.position = Position()
+        self.totals = fresh_totals(self.schedule)
+        self.rows: list[dict[str, Any]] = []
+        self.steps: dict[str, int] = {}
+        self.mix_steps = 0
+        self.resolved: dict[str, Any] = {}
+        self.stage: str | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr: float | None = None
+        self._trainable: list[nn.Parameter] = []
+        self._alphas = torch.empty(0)
+        self._mixed_kwargs: dict[str, Any] = {}
+        self._precompute_masks = False
+        self._losses: dict[tuple[str, int], LossFn] = {}
+        self._net: nn.Module | None = None
+        self._net_phase: str | None = None
+        self.stops = StopRequests(config.stop_after, config.log_every)
+
+    # ------------------------------------------------------------------ setup
+
+    def fit(
+        self,
+        ssl_data: Data | None,
+        sl_data: Data | Sequence[Data],
+        val_data: Data | Sequence[Data] | None = None,
+    ) -> TrainResult:
+        """Train the whole plan (or resume it); returns the result also written to result.json."""
+        cfg = self.config
+        out = Path(cfg.out) if cfg.out else None
+        self._check_out(out)
+        sl_list = list(sl_data) if isinstance(sl_data, list | tuple) else [sl_data]
+        val_list = list(val_data) if isinstance(val_data, list | tuple) else [val_data]
+        if cfg.task_weights is not None and len(cfg.task_weights) != len(sl_list):
+            raise ValueError(
+                f"task_weights has {len(cfg.task_weights)} entries for {len(sl_list)} tasks"
+            )
+        if cfg.pipeline == "sl":
+            ssl_data = None
+        self.dist = init_distributed(cfg.device)
+        try:
+            self.device = resolve_device(cfg.device, self.dist)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            self._setup(ssl_data, sl_list, val_list)
+            with self.stops.catching_signals():
+                return self._run(out)
+        finally:
+            self.dist.close()
+
+    def _check_out(self, out: Path | None) -> None:
+        if out is None:
+            return
+        last, result = out / "last.pt", out / "result.json"
+        if self.config.resume and not last.is_file():
+            raise ValueError(f"resume=True but {last} does not exist (nothing to resume)")
+        if not self.config.resume and (last.exists() or result.exists()):
+            raise ValueError(
+                f"out={str(out)!r} already holds a run ({last.name} / {result.name}); "
+                "pass resume=True (--resume) to continue it or choose another out"
+            )
+
+    def _setup(self, ssl_data: Data | None, sl_list: list[Data], val_list: list) -> None:
+        cfg, d = self.config, self.dist
+        torch.manual_seed(cfg.seed)
+        self.model = self._build_model(sl_list[0]).to(self.device)
+        stream = dict(
+            batch_size=cfg.batch_size,
+            world=d.world,
+            rank=d.rank,
+            accum=cfg.accum_steps,
+            seed=cfg.seed,
+            device=self.device,
+            num_workers=cfg.num_workers,
+        )
+        sl_streams = [
+            Stream(s, 1 + k, name=f"sl_data[{k}]" if len(sl_list) > 1 else "sl_data", **stream)
+            for k, s in enumerate(sl_list)
+        ]
+        ssl_stream = None if ssl_data is None else Stream(ssl_data, 0, name="ssl_data", **stream)
+        self.batches = PhaseBatches(ssl_stream, sl_streams, cfg.augment)
+        self.evals = [
+            EvalBatches(
+                v, batch_size=2 * cfg.batch_size, rank=d.rank, world=d.world, device=self.device
+            )
+            for v in val_list
+            if v is not None
+        ]
+        self.meters = Meters(self.device, d)
+        ssl_steps = (ssl_stream or sl_streams[0]).steps
+        sl_steps = max(s.steps for s in sl_streams)
+        self.steps = {p: self.schedule.steps_per_epoch(p, ssl_steps, sl_steps) for p in PHASES}
+        self.mix_steps = self.schedule.mix_epochs * self.steps["mix"]
+        self.resolved = resolve_plan(
+            cfg,
+            self.schedule,
+            steps=self.steps,
+            ssl_steps=ssl_steps,
+            sl_steps=sl_steps,
+            world=d.world,
+            device=self.device,
+            tasks=len(sl_list),
+            two_stream=ssl_stream is not None,
+        )
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        alphas = [self.schedule.alpha(i, self.mix_steps) for i in range(self.mix_steps)]
+        self._alphas = torch.tensor(alphas, dtype=torch.float32).to(self.device)
+        self._mixed_kwargs = mixed_extra_kwargs(self.model, cfg)
+        self._precompute_masks = takes_precomputed_masks(self.model)
+
+    def _build_model(self, sl_data: Data) -> nn.Module:
+        model = self.model_spec
+        if isinstance(model, nn.Module) and hasattr(model, "forward_mixed"):
+            return model
+        from mixfast.model import create_model
+
+        kwargs = dict(self.model_kwargs)
+        if "num_classes" not in kwargs and "task_classes" not in kwargs:
+            kwargs["num_classes"] = num_classes(sl_data)
+        return create_model(model, **kwargs)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: each component's own state (layout in mixfast/checkpoint.py)."""
+        aug = getattr(self.config.augment, "generator", None)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "stage": self.stage,
+            "position": self.position.state_dict(),
+            "streams": {s.name: s.state_dict() for s in self.batches.streams},
+            "rng": ckpt.rng_state(),
+            "augment_rng": aug.get_state() if isinstance(aug, torch.Generator) else None,
+            "epoch_state": self.meters.state_dict() if self.position.step_in_epoch else None,
+            "totals": self.totals,
+            "rows": self.rows,
+            "config": self.config.to_dict(),
+            "resolved": self.resolved,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        changed = self.config.changed_on_resume(state["config"])
+        if changed:
+            diff = ", ".join(
+                f"{k}: {state['config'][k]!r} -> {getattr(self.config, k)!r}" for k in changed
+            )
+            raise ValueError(f"resume: the run was started with other settings ({diff})")
+        ckpt.load_model_state(self.model, state["model"])
+        self.position.load_state_dict(state["position"])
+        self.totals, self.rows = state["totals"], state["rows"]
+        if state["stage"] is not None:
+            self._new_stage(state["stage"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        for s in self.batches.streams:
+            s.load_state_dict(state["streams"][s.name])
+        ckpt.set_rng_state(state["rng"])
+        aug = getattr(self.config.augment, "generator", None)
+        if isinstance(aug, torch.Generator) and state["augment_rng"] is not None:
+            aug.set_state(state["augment_rng"])
+        self.meters.load_state_dict(state["epoch_state"])
+
+    def _save(self, out: Path | None) -> None:
+        if out is not None and self.dist.main:
+            ckpt.save_checkpoint(self.state_dict(), out / "last.pt")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self, out: Path | None) -> TrainResult:
+        if out is not None and self.config.resume:
+            self.load_state_dict(ckpt.load_checkpoint(out / "last.pt"))
+        if out is not None and self.dist.main:
+            out.mkdir(parents=True, exist_ok=True)
+            ckpt.write_json(
+                out / "config.json", {**self.config.to_dict(), "resolved": self.resolved}
+            )
+            # from the checkpoint's rows: a crash between a metrics line and its checkpoint
+            # never leaves a row the resumed run would write again
+            ckpt.write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
+        specs = self.schedule.epochs()
+        while not self.position.finished and self.position.epoch < len(specs):
+            spec = specs[self.position.epoch]
+            if self._train_epoch(spec, out):
+                return self._result(completed=False)
+            self._end_epoch(spec, out)
+        self.position.finished = True
+        result = self._result(completed=True)
+        if out is not None and self.dist.main:
+            self._save(out)
+            ckpt.write_json(out / "result.json", result.to_dict())
+        return result
+
+    def _train_epoch(self, spec: EpochSpec, out: Path | None) -> bool:
+        """Train one epoch from the saved position; True when asked to stop early."""
+        cfg, phase, pos = self.config, spec.phase, self.position
+        if self.stage != stage_of(phase):
+            self._new_stage(stage_of(phase))
+        net = self._phase_net(phase)
+        if pos.step_in_epoch == 0:
+            for s in self.batches.of_phase(phase):
+                s.new_pass()
+        self.meters.start_epoch(pos.global_step)
+        loss_fn = self._loss_fn(phase, net)
+        steps = self.steps[phase]
+        bar = progress_bar(cfg.progress and self.dist.main, steps, f"{phase} {spec.index + 1}")
+        bar.update(pos.step_in_epoch)
+        self.model.train()
+        clock = time.perf_counter()
+        for _ in range(pos.step_in_epoch, steps):
+            self._train_step(phase, net, loss_fn)
+            pos.step_in_epoch += 1
+            pos.global_step += 1
+            bar.update(1)
+            last = pos.step_in_epoch == steps
+            if pos.global_step % cfg.log_every == 0 or last:
+                self._check(phase, bar, clock)
+            if self.stops.should_stop(pos.global_step, last, self.dist, self.device):
+                self.meters.train_s += time.perf_counter() - clock
+                bar.close()
+                self._stop(out)
+                return True
+        bar.close()
+        self._sync()
+        self.meters.train_s += time.perf_counter() - clock
+        return False
+
+    def _train_step(self, phase: str, net: nn.Module, loss_fn: LossFn) -> None:
+        cfg = self.config
+        for micro in range(cfg.accum_steps):
+            batch = self.batches.next(phase)
+            mask = self._masks(phase, batch)
+            sync = micro == cfg.accum_steps - 1 or not self.dist.enabled
+            with contextlib.nullcontext() if sync else net.no_sync(), self._autocast():
+                loss, parts = loss_fn(net, batch, self._alpha(phase), mask)
+            (loss / cfg.accum_steps).backward()
+            self.position.micro_step += 1
+            step_done = self.position.micro_step % cfg.accum_steps == 0
+            self.meters.add(loss, parts, step_done)
+        self._optimizer_step()
+
+    def _optimizer_step(self) -> None:
+        cfg, stage = self.config, self.resolved["stages"][self.stage]
+        lr = warmup_cosine(
+            self._stage_step(), stage["total_steps"], stage["warmup_steps"], stage["lr"], cfg.min_lr
+        )
+        set_lr(self.optimizer, lr)
+        self.lr = lr
+        params = [p for p in self._trainable if p.grad is not None]
+        if cfg.clip_grad or cfg.nonfinite == "skip":
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf, foreach=True)
+            if cfg.nonfinite == "skip" and not torch.isfinite(norm).item():
+                self.totals["skipped_steps"] += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                return
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _stage_step(self) -> int:
+        """Optimizer steps already done in the current stage."""
+        done = sum(
+            self.steps[spec.phase]
+            for spec in self.schedule.epochs()[: self.position.epoch]
+            if stage_of(spec.phase) == self.stage
+        )
+        return done + self.position.step_in_epoch
+
+    def _alpha(self, phase: str) -> torch.Tensor | None:
+        """a(t) of this mix step as a 0-dim device tensor (no host-to-device copy per step)."""
+        if phase != "mix":
+            return None
+        mix_first = next(p.first_epoch for p in self.schedule.phases if p.name == "mix")
+        step = (self.position.epoch - mix_first) * self.steps["mix"] + self.position.step_in_epoch
+        return self._alphas[step].clone()
+
+    def _masks(self, phase: str, batch: dict[str, Any]) -> Any:
+        """Masks keyed by the micro-batch's global index: micro-batch m of rank r is global
+        micro-batch m * W + r, the one a single process meets there, so DDP masks alike."""
+        offset = self.position.micro_step * self.dist.world + self.dist.rank
+        if not self._precompute_masks:
+            return offset
+        return phase_masks(self.model, self.config, phase, batch, offset)
+
+    def _loss_fn(self, phase: str, net: nn.Module) -> LossFn:
+        key = (phase, id(net))
+        if key not in self._losses:
+            fn = make_loss(phase, self.config, len(self.batches.sl_streams), self._mixed_kwargs)
+            if self.resolved["compile"]:
+                fn = torch.compile(fn, backend=self.config.compile_backend)
+            self._losses[key] = fn
+        return self._losses[key]
+
+    def _autocast(self):
+        if self.resolved["amp"]:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ optimizer / DDP
+
+    def _new_stage(self, stage: str) -> None:
+        spec = self.resolved["stages"][stage]
+        for p in self._trainable:
+            p.requires_grad_(True)
+        self.optimizer = make_adamw(
+            self.model,
+            weight_decay=self.config.weight_decay,
+            layer_decay=spec["layer_decay"],
+            betas=tuple(spec["betas"]),
+            fused=self.device.type == "cuda",
+        )
+        self.stage = stage
+        self._net_phase = None
+
+    def _phase_net(self, phase: str) -> nn.Module:
+        """The model as `phase` calls it: under DDP with the phase's unused parameters frozen."""
+        if self._net_phase != phase:
+            net = Objectives(self.model)
+            if self.dist.enabled:
+                fn = make_loss(phase, self.config, len(self.batches.sl_streams), self._mixed_kwargs)
+                batch = self.batches.sample(phase)
+                alpha = torch.tensor(0.5, device=self.device) if phase == "mix" else None
+                probe = lambda: fn(net, batch, alpha, self._masks(phase, batch))[0]  # noqa: E731
+                net = wrap_ddp(net, self._trainable, probe, self.device)
+            self._net, self._net_phase = net, phase
+        return self._net
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _check(self, phase: str, bar=None, clock: float = 0.0) -> None:
+        """The periodic host sync: non-finite check and the progress bar."""
+        meters = self.meters
+        if self.config.nonfinite == "stop":
+            bad = meters.first_nonfinite()
+            if bad is not None:
+                step, value = bad
+                where = f"step {step + 1}" if step >= 0 else "a step on another rank"
+                last = Path(self.config.out or ".") / "last.pt"
+                kept = f"; {last} holds the last good checkpoint" if self.config.out else ""
+                raise NonFiniteLossError(
+                    f"non-finite loss at {where} (phase {phase}, epoch "
+                    f"{self.position.epoch + 1}): loss={value}; training stopped"
+                    f"{kept if last.is_file() else ''}"
+                )
+        if bar is not None and not bar.disable:
+            means = meters.local_means()
+            seconds = meters.train_s + time.perf_counter() - clock
+            bar.set_postfix(
+                loss=f"{means['loss']:.4f}",
+                ssl=f"{means['ssl']:.4f}",
+                sl=f"{means['sl']:.4f}",
+                img_s=f"{self._images(phase, meters.micro) / max(seconds, 1e-9):.0f}",
+            )
+
+    def _images(self, phase: str, micro: int) -> int:
+        """Samples fed through the encoder on all ranks in `micro` micro-batches."""
+        per = self.config.batch_size * self.dist.world
+        ssl = per if phase != "sl" else 0
+        sl = per * len(self.batches.sl_streams) if phase != "ssl" else 0
+        return micro * (ssl + sl)
+
+    def _end_epoch(self, spec: EpochSpec, out: Path | None) -> None:
+        meters, phase = self.meters, spec.phase
+        self._check(phase)
+        start = time.perf_counter()
+        top1 = self.evaluate() if phase != "ssl" and self.evals else [None] * len(self.evals)
+        eval_s = time.perf_counter() - start
+        loss, loss_ssl, loss_sl = meters.epoch_means()
+        per = self.config.batch_size * self.dist.world
+        ssl_n = meters.micro * per if phase != "sl" else 0
+        sl_n = meters.micro * per * len(self.batches.sl_streams) if phase != "ssl" else 0
+        t = self.totals
+        t["phase_wall_s"][phase] += meters.train_s
+        t["eval_wall_s"] += eval_s
+        t["wall_s"] += meters.train_s + eval_s
+        t["sample_passes"]["ssl"] += ssl_n
+        t["sample_passes"]["sl"] += sl_n
+        row = {
+            "phase": phase,
+            "epoch": spec.index + 1,
+            "phase_epoch": spec.phase_epoch + 1,
+            "steps": self.steps[phase],
+            "global_step": self.position.global_step,
+            "loss": loss,  # mean over the epoch's micro-batches on all ranks
+            "loss_ssl": loss_ssl if phase != "sl" else None,
+            "loss_sl": loss_sl if phase != "ssl" else None,
+            "alpha": self._alpha_range(spec),
+            "lr": self.lr,
+            "val_top1": top1[0] if top1 else None,
+            "val_top1_tasks": top1,
+            "train_s": meters.train_s,
+            "eval_s": eval_s,
+            "wall_s": t["wall_s"],
+            "images_per_s": (ssl_n + sl_n) / max(meters.train_s, 1e-9),
+        }
+        self.rows.append(row)
+        self.position.epoch += 1
+        self.position.step_in_epoch = 0
+        if out is not None and self.dist.main:
+            with open(out / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        self._save(out)
+
+    def _alpha_range(self, spec: EpochSpec) -> list[float] | None:
+        if spec.phase != "mix":
+            return None
+        first = spec.phase_epoch * self.steps["mix"]
+        last = first + self.steps["mix"] - 1
+        return [
+            self.schedule.alpha(first, self.mix_steps),
+            self.schedule.alpha(last, self.mix_steps),
+        ]
+
+    def evaluate(self) -> list[float | None]:
+        """Top-1 in [0, 1] on each validation set (task k uses head k), summed over ranks."""
+        return evaluate(self.model, self.evals, self.dist, self._autocast)
+
+    # ------------------------------------------------------------------ stopping
+
+    def _stop(self, out: Path | None) -> None:
+        self._sync()
+        self._check(self.schedule.epochs()[self.position.epoch].phase)
+        self._save(out)
+        if self.stops.signal is None:
+            return
+        where = f"; resume with --resume --out {out}" if out else ""
+        print(
+            f"mixfast: stopped at step {self.position.global_step}, checkpoint saved{where}",
+            file=sys.stderr,
+        )
+        if self.stops.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(self.stops.exit_code())
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _result(self, completed: bool) -> TrainResult:
+        t = self.totals
+        last = next((r for r in reversed(self.rows) if r["val_top1"] is not None), None)
+        tasks = last["val_top1_tasks"] if last else [None] * len(self.evals)
+        return TrainResult(
+            top1=tasks[0] if tasks else None,
+            top1_tasks=tasks,
+            wall_s=t["wall_s"],
+            phase_wall_s=dict(t["phase_wall_s"]),
+            eval_wall_s=t["eval_wall_s"],
+            sample_passes=dict(t["sample_passes"]),
+            budget=self.resolved["budget"],
+            epochs=list(self.rows),
+            global_step=self.position.global_step,
+            skipped_steps=t["skipped_steps"],
+            completed=completed,
+            resolved=self.resolved,
+        )
+
+
+def train(
+    config: TrainConfig,
+    model: nn.Module | str,
+    ssl_data: Data | None,
+    sl_data: Data | Sequence[Data],
+    val_data: Data | Sequence[Data] | None = None,
+    **trainer_kwargs: Any,
+) -> TrainResult:
+    """Train `model` as `config` says; what `mixfast train` and `mixfast compare` call."""
+    return MixTrainer(model, config, **trainer_kwargs).fit(ssl_data, sl_data, val_data)
+
+
+__all__ = ["MixTrainer", "Position", "train"]
