@@ -43,8 +43,10 @@ IMPLS = {  # name -> (num_patches, device) -> the call to time
 
 
 def measure(num_patches: int, device: str, reps: int) -> dict:
-    row = {name: harness.time_ms(make(num_patches, device), device, reps=reps)
-           for name, make in IMPLS.items()}  # fmt: skip
+    row = {
+        name: harness.time_ms(make(num_patches, device), device, reps=reps)
+        for name, make in IMPLS.items()
+    }
     row["speedup_vs_mae"] = row["mae"]["median_ms"] / row["mixfast"]["median_ms"]
     return row
 

@@ -1,7 +1,8 @@
-"""`mixfast compare`: SL-only vs SSL+SL vs MixTraining on the same data, fractions and seeds.
+"""`mixfast compare`: SL vs SSL+SL vs MixTraining on the same data, regimes, label fractions,
+epoch budgets and seeds; the statistics and the plot are in mixfast/report.py.
 
-Writes DIR/<pipeline>-f<fraction>-s<seed>/ per run (the trainer's files), DIR/compare.json
-(`runs`: pipeline, fraction, seed, top1, wall_s, ...) after every run, and DIR/compare.png.
+Writes DIR/<run name>/ per run (the trainer's files), DIR/compare.json (`runs` after every run,
+`summary` at the end) and DIR/compare.png.
 """
 
 from __future__ import annotations
@@ -9,29 +10,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shutil
-import statistics
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mixfast import experiment
 from mixfast.checkpoint import write_json
-from mixfast.schedule import PIPELINES
+from mixfast.data import ImageDataset
 from mixfast.train import train
 
 PROTOCOL = (
-    "Evaluation protocol: top-1 of the fine-tuned classifier after the last epoch on the "
-    "held-out test split, identical for every pipeline; the pipelines of one seed share the "
-    "labeled subset and the initial weights, and get the same SSL and SL epoch budgets "
-    "(with --ssl-pool all a mix epoch is one pass over the larger SSL pool with the labeled set "
-    "cycled, so mix makes more SL sample-passes: each run's sample_passes says how many)."
+    "Protocol: every pipeline of a seed shares the labeled subset, the initial weights and the "
+    "epoch budget, and makes the same sample passes per objective (a mix epoch is one pass over "
+    "the labeled images; the SSL passes it does not make go to the SSL phase). Every choice is "
+    "read on the validation split carved from the training images; test top-1 is read once, at "
+    "the end of each run. The pipeline order rotates per seed after an untimed warm-up; cost is "
+    "training time (evaluation apart) and model FLOPs (forward + backward, load-independent)."
 )
-# The README's main command: all three pipelines at two label fractions of a 10000-image
-# Fashion-MNIST subset, sized to end within 10 minutes on 2 CPU cores. Short runs on small
-# batches need larger base lrs than MAE's (they scale with batch / 256): 8e-3 x 32 / 256 = 1e-3.
+# `make demo`: all three pipelines, both regimes, two label fractions of a 10000-image
+# Fashion-MNIST subset, sized to end within about 8 minutes on 2 CPU cores.
 COMPARE_DEFAULTS: dict[str, Any] = {
     "out": "runs/compare",
     "train_limit": 10000,
@@ -50,57 +49,130 @@ COMPARE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def run_name(pipeline: str, fraction: float, seed: int) -> str:
-    return f"{pipeline}-f{fraction:g}-s{seed}"
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    pipeline: str
+    regime: str
+    fraction: float
+    budget: int | None  # epochs of each objective (ssl_epochs = sl_epochs), None: the config's
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return run_name(self.pipeline, self.fraction, self.seed, self.regime, self.budget)
 
 
-def run_dirs(out: str, fractions, seeds, pipelines) -> list[Path]:
-    grid = [(f, s, p) for f in fractions for s in seeds for p in pipelines]
-    return [Path(out) / run_name(p, f, s) for f, s, p in grid]
+def run_name(
+    pipeline: str,
+    fraction: float,
+    seed: int,
+    regime: str = "data-limited",
+    budget: int | None = None,
+) -> str:
+    """pipeline-f<fraction>-s<seed>, with -semi and -e<budget> when they are set."""
+    name = f"{pipeline}-f{fraction!r}-s{seed}"
+    if regime != "data-limited":
+        name += "-semi"
+    return name if budget is None else f"{name}-e{budget}"
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    """Every run, in the order they are made: the pipeline order rotates with the seed, so no
+    pipeline always runs first (after the warm-up) or last."""
+    cells = []
+    budgets = args.budgets or [None]
+    for regime in args.regimes:
+        for fraction in args.fractions:
+            for budget in budgets:
+                for k, seed in enumerate(args.seeds):
+                    turn = k % len(args.pipelines)
+                    order = args.pipelines[turn:] + args.pipelines[:turn]
+                    cells += [Cell(p, regime, fraction, budget, seed) for p in order]
+    return cells
+
+
+def run_dirs(out: str, cells: list[Cell]) -> list[Path]:
+    return [Path(out) / cell.name for cell in cells]
 
 
 def holds_run(run_dir: Path) -> bool:
     return (run_dir / "last.pt").exists() or (run_dir / "result.json").exists()
 
 
+def warm_up(args: argparse.Namespace, base: Any, splits: Any) -> None:
+    """One untimed step of every pipeline and phase on a few images: kernels, allocator and
+    (on CUDA) compilation are warm before the first timed run."""
+    settings = argparse.Namespace(**{**vars(args), "fraction": 1.0})
+    data = experiment.prepare_data(splits, settings)
+    few = 2 * base.batch_size
+    sl = data.sl_data
+    tiny = ImageDataset(sl.images[:few], sl.labels[:few], sl.mean, sl.std)
+    for pipeline in args.pipelines:
+        config = dataclasses.replace(
+            base, pipeline=pipeline, ssl_epochs=1, sl_epochs=1, mix_ratio=1.0, out=None
+        )
+        config = dataclasses.replace(config, progress=False, resume=False)
+        model = experiment.build_model(settings, data, base.seed)
+        train(config, model, None, tiny, None)
+
+
 def run_all(
     args: argparse.Namespace, base: Any, splits: Any, settings: dict, report_path: Path
 ) -> list[dict[str, Any]]:
+    cells = grid(args)
+    if not args.no_warmup:
+        print("warm-up (untimed)", file=sys.stderr)
+        warm_up(args, base, splits)
     runs: list[dict[str, Any]] = []
-    total = len(args.fractions) * len(args.seeds) * len(args.pipelines)
-    for fraction in args.fractions:
-        for seed in args.seeds:
-            seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
-            data = experiment.prepare_data(splits, seed_args, fraction=fraction)
-            for pipeline in args.pipelines:
-                run_dir = Path(args.out) / run_name(pipeline, fraction, seed)
-                label = f"[{len(runs) + 1}/{total}] {pipeline} fraction={fraction:g} seed={seed}"
-                result = _finished(run_dir) if args.resume else None
-                if result is None:
-                    print(f"{label}: {data.summary()}", file=sys.stderr)
-                    if args.force and holds_run(run_dir):
-                        shutil.rmtree(run_dir)  # --force: this run starts over
-                    config = dataclasses.replace(
-                        base,
-                        pipeline=pipeline,
-                        seed=seed,
-                        out=str(run_dir),
-                        resume=bool(args.resume and (run_dir / "last.pt").exists()),
-                    )
-                    config = experiment.with_augment(config, data, seed_args)
-                    model = experiment.build_model(seed_args, data, seed)
-                    result = train(config, model, data.ssl_data, data.sl_data, data.val_data)
-                    result = result.to_dict()
-                    write_json(
-                        run_dir / "data.json", experiment.data_settings(args, data, fraction)
-                    )
-                else:
-                    print(f"{label}: reusing {run_dir / 'result.json'}", file=sys.stderr)
-                runs.append(run_record(pipeline, fraction, seed, result, run_dir))
-                write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs})
-    summary = summarize(runs)
-    write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs, "summary": summary})
+    data_cache: dict[tuple, Any] = {}
+    for index, cell in enumerate(cells):
+        cell_args = argparse.Namespace(**{**vars(args), "seed": cell.seed, "regime": cell.regime})
+        cell_args.ssl_pool = None
+        key = (cell.regime, cell.fraction, cell.seed)
+        if key not in data_cache:
+            data_cache = {key: experiment.prepare_data(splits, cell_args, fraction=cell.fraction)}
+        data = data_cache[key]
+        run_dir = Path(args.out) / cell.name
+        label = f"[{index + 1}/{len(cells)}] {cell.name}"
+        result = _finished(run_dir) if args.resume else None
+        if result is None:
+            print(f"{label}: {data.summary()}", file=sys.stderr)
+            if args.force and holds_run(run_dir):
+                shutil.rmtree(run_dir)  # --force: this run starts over
+            result = _train_cell(cell, base, data, cell_args, run_dir, args.resume)
+            write_json(
+                run_dir / "data.json", experiment.data_settings(cell_args, data, cell.fraction)
+            )
+        else:
+            print(f"{label}: reusing {run_dir / 'result.json'}", file=sys.stderr)
+        runs.append(run_record(cell, result, run_dir))
+        write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs})
+    from mixfast.report import summarize
+
+    write_json(
+        report_path, {"protocol": PROTOCOL, **settings, "runs": runs, "summary": summarize(runs)}
+    )
     return runs
+
+
+def _train_cell(cell: Cell, base, data, cell_args, run_dir: Path, resume: bool) -> dict:
+    epochs = {} if cell.budget is None else {"ssl_epochs": cell.budget, "sl_epochs": cell.budget}
+    config = dataclasses.replace(
+        base,
+        pipeline=cell.pipeline,
+        seed=cell.seed,
+        out=str(run_dir),
+        resume=bool(resume and (run_dir / "last.pt").exists()),
+        **epochs,
+    )
+    config = experiment.with_augment(config, data, cell_args)
+    model = experiment.build_model(cell_args, data, cell.seed)
+    result = train(
+        config, model, data.ssl_data, data.sl_data, data.val_data, test_data=data.test_data
+    )
+    return result.to_dict()
 
 
 def _finished(run_dir: Path) -> dict[str, Any] | None:
@@ -113,15 +185,20 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_record(
-    pipeline: str, fraction: float, seed: int, result: dict[str, Any], run_dir: Path
-) -> dict[str, Any]:
+def run_record(cell: Cell, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One row of compare.json: top1 is the test top-1 (read once), val_top1 validation."""
     return {
-        "pipeline": pipeline,
-        "fraction": fraction,
-        "seed": seed,
-        "top1": float(result["top1"]),
-        "wall_s": float(result["wall_s"]),
+        "pipeline": cell.pipeline,
+        "regime": cell.regime,
+        "fraction": cell.fraction,
+        "budget": cell.budget,
+        "seed": cell.seed,
+        "top1": float(result["test_top1"]),
+        "val_top1": float(result["top1"]),
+        "wall_s": float(result["train_wall_s"]),
+        "eval_s": float(result["eval_wall_s"]),
+        "flops": int(result["flops"]),
+        "passes": dict(result["sample_passes"]),
         "run_dir": str(run_dir),
         "result": {k: jsonable(v) for k, v in result.items()},
     }
@@ -133,128 +210,6 @@ def jsonable(value: Any) -> Any:
         return value
     except TypeError:
         return str(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Summary, table, plot
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per fraction: mean/std top-1 and wall per pipeline, mix vs ssl+sl speedup and gain."""
-    rows = []
-    for fraction in sorted({r["fraction"] for r in runs}):
-        row: dict[str, Any] = {"fraction": fraction}
-        for pipeline in PIPELINES:
-            chosen = [r for r in runs if r["fraction"] == fraction and r["pipeline"] == pipeline]
-            if not chosen:
-                continue
-            top1, top1_std = _mean_std([r["top1"] for r in chosen])
-            wall, _ = _mean_std([r["wall_s"] for r in chosen])
-            row[pipeline] = {"top1": top1, "top1_std": top1_std, "wall_s": wall, "n": len(chosen)}
-        if "mix" in row and "ssl+sl" in row:
-            row["speedup"] = row["ssl+sl"]["wall_s"] / max(row["mix"]["wall_s"], 1e-9)
-            row["top1_gain"] = row["mix"]["top1"] - row["ssl+sl"]["top1"]
-        rows.append(row)
-    return rows
-
-
-def format_table(runs: Sequence[dict[str, Any]]) -> str:
-    present = [p for p in PIPELINES if any(r["pipeline"] == p for r in runs)]
-    header = ["fraction"] + [f"{p} top-1 %" for p in present] + [f"{p} wall s" for p in present]
-    header += ["mix speedup", "mix gain (pts)"]
-    lines = []
-    for row in summarize(runs):
-        cells = [f"{row['fraction']:g}"]
-        for p in present:
-            stat = row.get(p)
-            if stat is None:
-                cells.append("-")
-            elif stat["n"] > 1:
-                cells.append(f"{100 * stat['top1']:.2f} ± {100 * stat['top1_std']:.2f}")
-            else:
-                cells.append(f"{100 * stat['top1']:.2f}")
-        cells += [f"{row[p]['wall_s']:.1f}" if p in row else "-" for p in present]
-        cells.append(f"{row['speedup']:.2f}x" if "speedup" in row else "-")
-        cells.append(f"{100 * row['top1_gain']:+.2f}" if "top1_gain" in row else "-")
-        lines.append(cells)
-    widths = [max(len(c) for c in col) for col in zip(header, *lines)]
-    out = ["  ".join(c.rjust(w) for c, w in zip(header, widths))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in lines]
-    return "\n".join(out)
-
-
-def print_table(runs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
-    seeds = len(settings["seeds"])
-    print(f"\n{settings['dataset']} on {settings['device']}, {seeds} seed(s) per cell")
-    print(PROTOCOL)
-    print(format_table(runs))
-    print(
-        "top-1: mean ± std over seeds; wall: mean seconds per run (training + evaluation); "
-        "speedup: ssl+sl wall / mix wall; gain: mix top-1 - ssl+sl top-1 in points"
-    )
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(wall, top1) points no other point beats on both: less time and higher accuracy."""
-    front: list[tuple[float, float]] = []
-    for wall, top1 in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or top1 > front[-1][1]:
-            front.append((wall, top1))
-    return front
-
-
-def plot(runs: Sequence[dict[str, Any]], path: Path, settings: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fractions = sorted({r["fraction"] for r in runs})
-    cols = min(len(fractions), 3)
-    rows = math.ceil(len(fractions) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.8 * rows), squeeze=False)
-    colors = {"sl": "tab:gray", "ssl+sl": "tab:blue", "mix": "tab:red"}
-    for ax, fraction in zip(axes.flat, fractions):
-        chosen = [r for r in runs if r["fraction"] == fraction]
-        for pipeline in PIPELINES:
-            mine = [r for r in chosen if r["pipeline"] == pipeline]
-            if mine:
-                ax.scatter(
-                    [r["wall_s"] for r in mine],
-                    [100 * r["top1"] for r in mine],
-                    color=colors[pipeline],
-                    label=pipeline,
-                    zorder=3,
-                )
-        front = pareto_front([(r["wall_s"], r["top1"]) for r in chosen])
-        front.append((max(r["wall_s"] for r in chosen), front[-1][1]))  # run the step to the end
-        ax.step(
-            [w for w, _ in front],
-            [100 * t for _, t in front],
-            where="post",
-            color="black",
-            linestyle="--",
-            linewidth=1,
-            label="Pareto front",
-        )
-        ax.set_title(f"labeled fraction {fraction:g}")
-        ax.set_xlabel("wall time per run (s)")
-        ax.set_ylabel("test top-1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(fractions) :]:
-        ax.axis("off")
-    fig.suptitle(f"{settings['dataset']} on {settings['device']}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def describe_device(device: Any) -> str:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mixfast.checks import SettingError
-from mixfast.data import TrainingData, load_dataset, prepare_training_data
+from mixfast.data import SSL_POOLS, TrainingData, load_dataset, prepare_training_data
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
 MIN_PATCHES = 16
@@ -54,7 +54,8 @@ def load_data(settings: Any, *, fraction: float | None = None) -> TrainingData:
 
 
 def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> TrainingData:
-    """settings: fraction, per_class, train_limit, test_limit, ssl_pool, seed."""
+    """settings: fraction, per_class, train_limit, test_limit, regime (or the older ssl_pool),
+    val_fraction, val_max, seed."""
     fraction = settings.fraction if fraction is None else fraction
     if not 0.0 < fraction <= 1.0:
         raise SettingError(f"{{fraction}} must be in (0, 1], got {fraction}")
@@ -64,9 +65,17 @@ def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> Tra
         per_class=settings.per_class,
         train_limit=settings.train_limit,
         test_limit=settings.test_limit,
-        ssl_pool=settings.ssl_pool,
+        regime=regime(settings),
+        val_fraction=settings.val_fraction,
+        val_max=settings.val_max,
         seed=settings.seed,
     )
+
+
+def regime(settings: Any) -> str:
+    """settings.regime, or the regime the older settings.ssl_pool names."""
+    pool = getattr(settings, "ssl_pool", None)
+    return SSL_POOLS[pool] if pool else settings.regime
 
 
 def model_kwargs(settings: Any, data: TrainingData) -> dict[str, Any]:
@@ -106,10 +115,13 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
         "per_class": settings.per_class,
         "train_limit": settings.train_limit,
         "test_limit": settings.test_limit,
-        "ssl_pool": settings.ssl_pool,
+        "regime": data.regime,
+        "val_fraction": settings.val_fraction,
+        "val_max": settings.val_max,
         "augment": not settings.no_augment,
         "labeled": len(data.sl_data),
-        "test": len(data.val_data),
+        "validation": 0 if data.val_data is None else len(data.val_data),
+        "test": len(data.test_data),
         "ssl_images": len(data.sl_data if data.ssl_data is None else data.ssl_data),
         "image_shape": list(data.image_shape),
         "model": settings.model,

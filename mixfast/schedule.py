@@ -115,11 +115,33 @@ class MixSchedule:
             return 1.0 - t
         return 0.5 * (1.0 + math.cos(math.pi * t))
 
+    def epoch_steps(self, ssl_steps: int, sl_steps: int) -> list[int]:
+        """Optimizer steps of every epoch of the plan, so that every pipeline makes the same
+        sample passes per objective: E_ssl x ssl_steps SSL steps and E_sl x sl_steps SL steps.
+
+        `ssl_steps` / `sl_steps`: steps of one pass over the SSL / labeled data. A mix epoch is
+        one pass over the labeled data (it sets the number of steps); the SSL passes the mix
+        phase does not make go to the SSL phase, spread over its epochs (the first ones take
+        the remainder). With the same images for both objectives every SSL epoch is ssl_steps.
+        """
+        mix_ssl = self.mix_epochs * sl_steps
+        ssl_epochs = self.ssl_epochs - self.mix_epochs
+        ssl_total = max(self.ssl_epochs * ssl_steps - mix_ssl, 0)
+        steps = []
+        for spec in self.epochs():
+            if spec.phase == "ssl":
+                base, extra = divmod(ssl_total, ssl_epochs)
+                steps.append(base + (1 if spec.phase_epoch < extra else 0))
+            else:
+                steps.append(sl_steps)
+        return steps
+
     def steps_per_epoch(self, phase: str, ssl_steps: int, sl_steps: int) -> int:
-        """Optimizer steps in one epoch of `phase`; a mix epoch runs the longer stream once."""
+        """Optimizer steps in the first epoch of `phase` (see epoch_steps); 0 if none."""
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-        return {"ssl": ssl_steps, "sl": sl_steps, "mix": max(ssl_steps, sl_steps)}[phase]
+        steps = self.epoch_steps(ssl_steps, sl_steps)
+        return next((n for spec, n in zip(self.epochs(), steps) if spec.phase == phase), 0)
 
     def budget(self, *, ssl_steps: int, sl_steps: int, batch_size: int, tasks: int = 1) -> dict:
         """Steps and sample-passes of each objective, per phase and in total.
@@ -129,8 +151,11 @@ class MixSchedule:
         `tasks`: labeled streams, each contributing `batch_size` SL samples per step.
         """
         per_phase = {}
+        epoch_steps = self.epoch_steps(ssl_steps, sl_steps)
         for phase in self.phases:
-            steps = phase.epochs * self.steps_per_epoch(phase.name, ssl_steps, sl_steps)
+            steps = sum(
+                n for spec, n in zip(self.epochs(), epoch_steps) if spec.phase == phase.name
+            )
             per_phase[phase.name] = {
                 "epochs": phase.epochs,
                 "steps": steps,

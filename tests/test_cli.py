@@ -13,7 +13,8 @@ import pytest
 
 from mixfast import cli, experiment
 from mixfast.cli.compare import check_compare_args
-from mixfast.compare import format_table, pareto_front, run_name
+from mixfast.compare import run_name
+from mixfast.report import format_table, pareto_front
 
 TINY = [
     "--dataset", "synthetic", "--img-size", "16", "--train-limit", "40", "--test-limit", "20",
@@ -97,11 +98,13 @@ def test_table_and_pareto_front():
         ]
     ]
     table = format_table(runs)
-    assert "2.00x" in table  # ssl+sl wall 4.0 / mix wall 2.0
+    assert "0.50" in table  # time ratio: mix wall 2.0 / ssl+sl wall 4.0
     assert "+7.00" in table  # (0.68 - 0.61) in points
-    assert "68.00 ± 2.83" in table
+    assert "68.00 ± 25.41" in table  # 2 seeds: t_{0.975,1} x std / sqrt(2)
     assert pareto_front([(r["wall_s"], r["top1"]) for r in runs]) == [(1.0, 0.5), (2.0, 0.7)]
     assert run_name("ssl+sl", 0.25, 3) == "ssl+sl-f0.25-s3"
+    assert run_name("mix", 0.02, 1) != run_name("mix", 0.020000001, 1)
+    assert run_name("mix", 0.1, 0, "semi-supervised", 8) == "mix-f0.1-s0-semi-e8"
 
 
 # ------------------------------------------------------------ subprocess: the real command
@@ -124,7 +127,7 @@ def test_compare_end_to_end_refuses_overwrite_and_resumes(tmp_path):
     args = ["compare", *TINY, "--fractions", "0.5", "--seeds", "3", "--out", str(out)]
     proc = mixfast(*args)
     assert proc.returncode == 0, proc.stderr
-    assert "Evaluation protocol" in proc.stdout and "mix speedup" in proc.stdout
+    assert "Protocol:" in proc.stderr and "verdict" in proc.stdout
     report = json.loads((out / "compare.json").read_text())
     assert [r["pipeline"] for r in report["runs"]] == ["sl", "ssl+sl", "mix"]
     for run in report["runs"]:

@@ -293,17 +293,20 @@ def test_stratified_subset_per_class_and_errors():
 
 def test_prepare_training_data_modes():
     splits = load_synthetic(train_size=200, test_size=100)
-    same = prepare_training_data(splits, fraction=0.25, seed=0)
-    assert same.ssl_data is None and len(same.sl_data) == 50
-    two = prepare_training_data(splits, fraction=0.25, train_limit=100, ssl_pool="all", seed=0)
-    assert len(two.ssl_data) == 100 and len(two.sl_data) == 20
+    same = prepare_training_data(splits, fraction=0.25, seed=0)  # 20 go to validation
+    assert same.ssl_data is None and len(same.sl_data) == 45 and len(same.val_data) == 20
+    two = prepare_training_data(
+        splits, fraction=0.25, train_limit=100, regime="semi-supervised", seed=0
+    )
+    assert len(two.ssl_data) == 90 and len(two.sl_data) == 20
+    assert prepare_training_data(splits, regime="all").regime == "semi-supervised"  # old name
     # the labeled images are a subset of the SSL pool
     pool = {tuple(x.flatten().tolist()) for x in two.ssl_data.images}
     assert all(tuple(x.flatten().tolist()) in pool for x in two.sl_data.images)
     limited = prepare_training_data(splits, test_limit=50)
-    assert len(limited.val_data) == 50
-    with pytest.raises(ValueError, match="ssl_pool"):
-        prepare_training_data(splits, ssl_pool="other")
+    assert len(limited.test_data) == 50
+    with pytest.raises(ValueError, match="regime"):
+        prepare_training_data(splits, regime="other")
     with pytest.raises(ValueError, match="train_limit"):
         prepare_training_data(splits, train_limit=5)
 

@@ -25,6 +25,7 @@ LAYERS = {
     "mixfast.train": 4,
     "mixfast.experiment": 5,
     "mixfast.compare": 6,
+    "mixfast.report": 6,
     "mixfast.cli": 7,
     "mixfast.__main__": 8,
 }

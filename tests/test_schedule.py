@@ -70,11 +70,14 @@ def test_budget_arithmetic():
     schedule = MixSchedule(6, 4, 0.5)  # SSL x 4 -> MIX x 2 -> SL x 2
     budget = schedule.budget(ssl_steps=30, sl_steps=10, batch_size=8)
     phases = budget["phases"]
-    assert phases["ssl"] == {"epochs": 4, "steps": 120, "ssl_samples": 960, "sl_samples": 0}
-    # a mix epoch runs the longer stream once; the shorter one cycles
-    assert phases["mix"] == {"epochs": 2, "steps": 60, "ssl_samples": 480, "sl_samples": 480}
+    # a mix epoch is one pass over the labeled data; the SSL passes it does not make (30 - 10
+    # steps per mix epoch) go to the SSL phase, so SSL+SL and mix make the same passes
+    assert phases["ssl"] == {"epochs": 4, "steps": 160, "ssl_samples": 1280, "sl_samples": 0}
+    assert phases["mix"] == {"epochs": 2, "steps": 20, "ssl_samples": 160, "sl_samples": 160}
     assert phases["sl"] == {"epochs": 2, "steps": 20, "ssl_samples": 0, "sl_samples": 160}
-    assert budget["total"] == {"epochs": 8, "steps": 200, "ssl_samples": 1440, "sl_samples": 640}
+    assert budget["total"] == {"epochs": 8, "steps": 200, "ssl_samples": 1440, "sl_samples": 320}
+    baseline = MixSchedule(6, 4, 0.0).budget(ssl_steps=30, sl_steps=10, batch_size=8)["total"]
+    assert (baseline["ssl_samples"], baseline["sl_samples"]) == (1440, 320)
 
 
 def test_budget_same_images_rho_zero_and_multitask():

@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mixfast.data import DATASETS, SSL_POOLS
+from mixfast.data import DATASETS, REGIMES, SSL_POOLS
 from mixfast.experiment import DEFAULT_MODEL
 from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS
@@ -124,10 +124,23 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train-limit", type=int, default=None, help="cap on training images")
     group.add_argument("--test-limit", type=int, default=None, help="cap on test images")
     group.add_argument(
-        "--ssl-pool",
-        choices=SSL_POOLS,
-        default="same",
-        help="SSL on the labeled images (same) or on every training image (all, two-stream)",
+        "--regime",
+        choices=REGIMES,
+        default="data-limited",
+        help="data-limited: SSL on the labeled images only; semi-supervised: SSL on every "
+        "training image outside validation, labels on --fraction (default: %(default)s)",
+    )
+    group.add_argument(
+        "--ssl-pool", choices=tuple(SSL_POOLS), default=None, help=argparse.SUPPRESS
+    )  # the older name: same = data-limited, all = semi-supervised
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="validation split carved from the training images, per class (default: 0.1)",
+    )
+    group.add_argument(
+        "--val-max", type=int, default=5000, help="at most this many validation images"
     )
     group.add_argument("--no-augment", action="store_true", help="no random resized crop / flip")
 

@@ -8,10 +8,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mixfast import compare, experiment
+from mixfast import compare, experiment, report
 from mixfast.cli.args import UsageError, add_run_arguments, config_from_args
 from mixfast.compare import holds_run
-from mixfast.data import load_dataset
+from mixfast.data import REGIMES, load_dataset
+from mixfast.schedule import PIPELINES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +36,27 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--pipelines",
         nargs="+",
-        choices=compare.PIPELINES,
-        default=list(compare.PIPELINES),
+        choices=PIPELINES,
+        default=list(PIPELINES),
         help="pipelines",
+    )
+    group.add_argument(
+        "--regimes",
+        nargs="+",
+        choices=REGIMES,
+        default=["data-limited"],
+        help="data-limited and/or semi-supervised (default: %(default)s)",
+    )
+    group.add_argument(
+        "--budgets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="epoch budgets: each pipeline runs with ssl_epochs = sl_epochs = B for each B "
+        "(the accuracy-against-cost frontiers); default: --ssl-epochs / --sl-epochs",
+    )
+    group.add_argument(
+        "--no-warmup", action="store_true", help="skip the untimed warm-up before the runs"
     )
     group.add_argument(
         "--force",
@@ -52,11 +71,22 @@ def check_compare_args(args: argparse.Namespace) -> Path:
     for fraction in args.fractions:
         if not 0.0 < fraction <= 1.0:
             raise UsageError(f"--fractions values must be in (0, 1], got {fraction}")
-    for flag, values in (("--fractions", args.fractions), ("--seeds", args.seeds)):
+    if any(seed < 0 for seed in args.seeds):
+        raise UsageError(f"--seeds must be integers >= 0, got {args.seeds}")
+    if args.budgets and any(budget < 1 for budget in args.budgets):
+        raise UsageError(f"--budgets must be epochs >= 1, got {args.budgets}")
+    repeatable = (
+        ("--fractions", args.fractions),
+        ("--seeds", args.seeds),
+        ("--pipelines", args.pipelines),
+        ("--regimes", args.regimes),
+        ("--budgets", args.budgets or []),
+    )
+    for flag, values in repeatable:
         if len(set(values)) != len(values):
             raise UsageError(f"{flag} has repeated values: {values}")
-    if len(set(args.pipelines)) != len(args.pipelines):
-        raise UsageError(f"--pipelines has repeated values: {args.pipelines}")
+    if args.ssl_pool is not None:
+        raise UsageError("compare takes --regimes, not --ssl-pool")
     if args.per_class is not None:
         raise UsageError("compare takes --fractions, not --per-class")
     report = Path(args.out) / "compare.json"
@@ -67,11 +97,7 @@ def check_compare_args(args: argparse.Namespace) -> Path:
         )
     if args.resume and args.force:
         raise UsageError("pass --resume or --force, not both")
-    held = [
-        d
-        for d in compare.run_dirs(args.out, args.fractions, args.seeds, args.pipelines)
-        if holds_run(d)
-    ]
+    held = [d for d in compare.run_dirs(args.out, compare.grid(args)) if holds_run(d)]
     if held and not (args.resume or args.force):
         raise UsageError(
             f"{held[0]} already holds a run ({len(held)} of this comparison's run folders do); "
@@ -85,11 +111,14 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
     report_path = check_compare_args(args)
     base = config_from_args(args)
     splits = load_dataset(args.dataset, args.data_dir, size=args.img_size, seed=args.seed)
+    args.regime = args.regimes[0]  # what data.json of the settings describes
     first = experiment.prepare_data(splits, args, fraction=args.fractions[0])
     experiment.model_kwargs(args, first)  # checks the patch grid (and warns) before any work
     settings = {
         "dataset": args.dataset,
+        "regimes": args.regimes,
         "fractions": args.fractions,
+        "budgets": args.budgets,
         "seeds": args.seeds,
         "pipelines": args.pipelines,
         "config": {k: compare.jsonable(v) for k, v in dataclasses.asdict(base).items()},
@@ -101,9 +130,9 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
 
     def work() -> int:
         runs = compare.run_all(args, base, splits, settings, report_path)
-        compare.print_table(runs, settings)
+        report.print_table(runs, settings)
         plot_path = report_path.with_suffix(".png")
-        compare.plot(runs, plot_path, settings)
+        report.plot(runs, plot_path, settings)
         print(f"\nwrote {report_path} and {plot_path}")
         return 0
 

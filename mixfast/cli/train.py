@@ -19,6 +19,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=cmd_train)
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def top1_line(result) -> str:
+    return (
+        f"val top-1 {percent(result.top1)}  test top-1 {percent(result.test_top1)}  "
+        f"train {result.train_wall_s:.1f}s  eval {result.eval_wall_s:.1f}s  "
+        f"{result.flops / 1e12:.3g} TFLOP"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
     """Set up (errors here exit 2), then return the work to run (errors there exit 1)."""
     config = config_from_args(args)
@@ -32,13 +44,15 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
         )
 
     def work() -> int:
-        result = trainer.train(config, model, data.ssl_data, data.sl_data, data.val_data)
+        result = trainer.train(
+            config, model, data.ssl_data, data.sl_data, data.val_data, test_data=data.test_data
+        )
         if not main_rank:
             return 0
         write_json(
             Path(config.out) / "data.json", experiment.data_settings(args, data, args.fraction)
         )
-        print(f"top-1 {100 * result.top1:.2f}%  wall {result.wall_s:.1f}s  -> {config.out}")
+        print(f"{top1_line(result)} -> {config.out}")
         return 0
 
     return work

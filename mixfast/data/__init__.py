@@ -22,17 +22,20 @@ from mixfast.data.sources import (
     validate_images,
 )
 from mixfast.data.training import (
+    REGIMES,
     SSL_POOLS,
     BatchAugment,
     ImageDataset,
     TrainingData,
     normalize,
     prepare_training_data,
+    validation_split,
 )
 
 __all__ = [
     "DATASETS",
     "FASHION_MNIST_ENV",
+    "REGIMES",
     "SSL_POOLS",
     "BatchAugment",
     "DataError",
@@ -55,4 +58,5 @@ __all__ = [
     "stratified_subset",
     "synthetic_images",
     "validate_images",
+    "validation_split",
 ]

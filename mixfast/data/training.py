@@ -124,29 +124,53 @@ class BatchAugment:
 
 @dataclass
 class TrainingData:
-    """What the trainer gets: ssl_data (None = same images as sl_data), sl_data, val_data."""
+    """What the trainer gets. ssl_data: the unlabeled pool (None: the labeled images serve both
+    objectives); sl_data: the labeled images; val_data: the validation split carved from the
+    training images (every epoch metric and every choice); test_data: the held-out test split
+    (read once, at the end of a run)."""
 
     ssl_data: ImageDataset | None
     sl_data: ImageDataset
-    val_data: ImageDataset
+    val_data: ImageDataset | None
+    test_data: ImageDataset
     num_classes: int
     image_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    regime: str = "data-limited"
 
     def augment(self, *, seed: int | None = None, **kwargs) -> BatchAugment:
         return BatchAugment(self.image_shape[-1], self.mean, self.std, seed=seed, **kwargs)
 
     def summary(self) -> str:
-        ssl = "same images" if self.ssl_data is None else f"{len(self.ssl_data)} unlabeled"
+        ssl = "the labeled images" if self.ssl_data is None else f"{len(self.ssl_data)} images"
+        val = 0 if self.val_data is None else len(self.val_data)
         c, h, w = self.image_shape
         return (
-            f"{len(self.sl_data)} labeled train, {len(self.val_data)} test, SSL: {ssl}; "
-            f"{self.num_classes} classes, images {c}x{h}x{w}"
+            f"{self.regime}: {len(self.sl_data)} labeled, SSL on {ssl}, {val} validation, "
+            f"{len(self.test_data)} test; {self.num_classes} classes, images {c}x{h}x{w}"
         )
 
 
-SSL_POOLS = ("same", "all")
+REGIMES = ("data-limited", "semi-supervised")
+SSL_POOLS = {"same": "data-limited", "all": "semi-supervised"}  # the older names of the regimes
+VAL_SEED = 104729  # one validation split for every run seed and fraction
+
+
+def validation_split(
+    labels: torch.Tensor, num_classes: int, fraction: float, max_images: int
+) -> torch.Tensor:
+    """Sorted indices of a stratified validation split: `fraction` of each class, at most
+    `max_images` in all (at least one per class); a fixed seed."""
+    per_class_cap = max(1, max_images // num_classes)
+    chosen = []
+    gen = torch.Generator().manual_seed(VAL_SEED)
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        count = min(max(1, round(fraction * len(members))), per_class_cap, len(members) - 1)
+        chosen.append(members[:count])
+    return torch.cat(chosen).sort().values
 
 
 def prepare_training_data(
@@ -156,21 +180,41 @@ def prepare_training_data(
     per_class: int | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
-    ssl_pool: str = "same",
+    regime: str = "data-limited",
+    val_fraction: float = 0.1,
+    val_max: int = 5000,
     seed: int = 0,
 ) -> TrainingData:
-    """Label-limited datasets: `train_limit` (stratified) caps the training images, then
-    `fraction` or `per_class` of them keep labels. ssl_pool "same" trains SSL on the labeled
-    images (same-images mode), "all" on every (limited) training image (two-stream mode)."""
-    if ssl_pool not in SSL_POOLS:
-        raise ValueError(f"ssl_pool {ssl_pool!r} is not allowed; use one of {SSL_POOLS}")
+    """Label-limited data in one of two regimes.
+
+    `train_limit` (stratified, fixed seed) caps the training images; the validation split
+    (`val_fraction` of each class, at most `val_max` images; 0 for none) is carved from them;
+    `fraction` or `per_class` of the rest keep labels (seeded by `seed`). "data-limited": SSL
+    sees the labeled images only (same images for both objectives); "semi-supervised": SSL sees
+    every training image outside validation. Validation is never labeled training data and
+    never in the SSL pool."""
+    regime = SSL_POOLS.get(regime, regime)
+    if regime not in REGIMES:
+        raise DataError(f"{{regime}} {regime!r} is not allowed; use one of {REGIMES}")
+    if not 0.0 <= val_fraction <= 0.5:
+        raise DataError(f"{{val_fraction}} must be in [0, 0.5], got {val_fraction}")
     for name, value in (("train_limit", train_limit), ("test_limit", test_limit)):
         if value is not None and value < splits.num_classes:
-            raise ValueError(f"{name} must be >= the number of classes ({splits.num_classes})")
+            raise DataError(
+                f"{{{name}}} must be >= the number of classes ({splits.num_classes}), got {value}"
+            )
     images, labels = splits.train_images, splits.train_labels
     if train_limit is not None and train_limit < len(labels):
         pool = _limit(labels, train_limit, splits.num_classes)
         images, labels = images[pool], labels[pool]
+    mean, std = splits.mean_std()
+    val_data = None
+    if val_fraction > 0:
+        val = validation_split(labels, splits.num_classes, val_fraction, val_max)
+        val_data = ImageDataset(images[val], labels[val], mean, std)
+        rest = torch.ones(len(labels), dtype=torch.bool)
+        rest[val] = False
+        images, labels = images[rest], labels[rest]
     if per_class is not None:
         labeled = stratified_subset(labels, per_class=per_class, seed=seed)
     else:
@@ -179,12 +223,19 @@ def prepare_training_data(
     if test_limit is not None and test_limit < len(test_labels):
         keep = _limit(test_labels, test_limit, splits.num_classes)
         test_images, test_labels = test_images[keep], test_labels[keep]
-    mean, std = splits.mean_std()
     sl_data = ImageDataset(images[labeled], labels[labeled], mean, std)
-    ssl_data = ImageDataset(images, labels, mean, std) if ssl_pool == "all" else None
-    val_data = ImageDataset(test_images, test_labels, mean, std)
+    ssl_data = ImageDataset(images, labels, mean, std) if regime == "semi-supervised" else None
+    test_data = ImageDataset(test_images, test_labels, mean, std)
     return TrainingData(
-        ssl_data, sl_data, val_data, splits.num_classes, splits.image_shape, mean, std
+        ssl_data,
+        sl_data,
+        val_data,
+        test_data,
+        splits.num_classes,
+        splits.image_shape,
+        mean,
+        std,
+        regime,
     )
 
 

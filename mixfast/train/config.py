@@ -137,6 +137,7 @@ def resolve_plan(
     schedule: MixSchedule,
     *,
     steps: dict[str, int],
+    epoch_steps: list[int],
     ssl_steps: int,
     sl_steps: int,
     world: int,
@@ -156,7 +157,7 @@ def resolve_plan(
     stages = {}
     for stage, phases in STAGES.items():
         specs = [p for p in schedule.phases if p.name in phases]
-        total = sum(p.epochs * steps[p.name] for p in specs)
+        total = sum(n for e, n in zip(schedule.epochs(), epoch_steps) if e.phase in phases)
         if total == 0:
             continue
         warmup = min(round(config.warmup_epochs * total / sum(p.epochs for p in specs)), total)
@@ -194,9 +195,14 @@ def stage_of(phase: str) -> str:
 class TrainResult:
     top1: float | None  # validation top-1 of task 0 in [0, 1] after the last epoch
     top1_tasks: list[float | None]
+    test_top1: float | None  # test top-1 of task 0, read once after the last epoch
+    test_top1_tasks: list[float | None]
     wall_s: float  # total, evaluation included
+    train_wall_s: float  # training only (the sum of phase_wall_s)
     phase_wall_s: dict[str, float]  # training seconds per phase
     eval_wall_s: float
+    flops: int  # model FLOPs of the run's training steps (forward + backward), all ranks
+    step_flops: dict[str, int]  # per optimizer step of each phase
     sample_passes: dict[str, int]  # {"ssl": .., "sl": ..}: samples each objective saw
     budget: dict[str, Any]  # MixSchedule.budget of the whole plan
     epochs: list[dict[str, Any]]  # the rows of metrics.jsonl

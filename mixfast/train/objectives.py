@@ -139,17 +139,22 @@ class PhaseBatches:
                     raise ValueError(f"sl_data task {k} yields no labels")
         return batch
 
-    def sample(self, phase: str) -> dict[str, Any]:
-        """A tiny batch of `phase` without moving any stream (the DDP unused-parameter probe)."""
+    def sample(self, phase: str, count: int = 2) -> dict[str, Any]:
+        """A batch of `count` samples of `phase` without moving any stream (for the DDP
+        unused-parameter probe and the FLOP count)."""
         batch: dict[str, Any] = {}
         if phase != "sl":
             src = self.ssl_stream or self.sl_streams[0]
-            batch["ssl"] = src.normalize(src.sample()[0])
+            images, labels = src.sample(count)
+            batch["ssl"] = src.normalize(images)
+            if self.ssl_stream is None and phase == "mix":
+                batch["sl"] = [(batch["ssl"], labels)]
         if phase != "ssl":
-            batch["sl"] = []
-            for s in self.sl_streams:
-                images, labels = s.sample()
-                batch["sl"].append((s.normalize(images), labels))
+            first = 1 if "sl" in batch else 0
+            tasks = batch.setdefault("sl", [])
+            for s in self.sl_streams[first:]:
+                images, labels = s.sample(count)
+                tasks.append((s.normalize(images), labels))
         return batch
 
 

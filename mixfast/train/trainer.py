@@ -52,6 +52,7 @@ from mixfast.train.config import (
     stage_of,
 )
 from mixfast.train.distributed import Dist, init_distributed, resolve_device, wrap_ddp
+from mixfast.train.flops import micro_batch_flops
 from mixfast.train.meters import Meters, Position, fresh_totals, progress_bar
 from mixfast.train.objectives import (
     LossFn,
@@ -104,12 +105,14 @@ class MixTrainer:
         self.dist = Dist()
         self.device = torch.device("cpu")
         self.batches: PhaseBatches | None = None
-        self.evals: list[EvalBatches] = []
+        self.evals: list[EvalBatches] = []  # validation: every epoch
+        self.tests: list[EvalBatches] = []  # test: once, at the end
         self.meters: Meters | None = None
         self.position = Position()
         self.totals = fresh_totals(self.schedule)
         self.rows: list[dict[str, Any]] = []
-        self.steps: dict[str, int] = {}
+        self.steps: dict[str, int] = {}  # first epoch of each phase (for config.json)
+        self.epoch_steps: list[int] = []  # optimizer steps of every epoch of the plan
         self.mix_steps = 0
         self.resolved: dict[str, Any] = {}
         self.stage: str | None = None
@@ -131,13 +134,18 @@ class MixTrainer:
         ssl_data: Data | None,
         sl_data: Data | Sequence[Data],
         val_data: Data | Sequence[Data] | None = None,
+        test_data: Data | Sequence[Data] | None = None,
     ) -> TrainResult:
-        """Train the whole plan (or resume it); returns the result also written to result.json."""
+        """Train the whole plan (or resume it); returns the result also written to result.json.
+
+        val_data (one per task) is evaluated after every epoch that trains a head; test_data
+        once, after the last epoch (its top-1 is result.test_top1)."""
         cfg = self.config
         out = Path(cfg.out) if cfg.out else None
         self._check_out(out)
         sl_list = list(sl_data) if isinstance(sl_data, list | tuple) else [sl_data]
         val_list = list(val_data) if isinstance(val_data, list | tuple) else [val_data]
+        test_list = list(test_data) if isinstance(test_data, list | tuple) else [test_data]
         if cfg.task_weights is not None and len(cfg.task_weights) != len(sl_list):
             raise ValueError(
                 f"task_weights has {len(cfg.task_weights)} entries for {len(sl_list)} tasks"
@@ -149,7 +157,7 @@ class MixTrainer:
             self.device = resolve_device(cfg.device, self.dist)
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            self._setup(ssl_data, sl_list, val_list)
+            self._setup(ssl_data, sl_list, val_list, test_list)
             with self.stops.catching_signals():
                 return self._run(out)
         finally:
@@ -167,7 +175,9 @@ class MixTrainer:
                 "pass resume=True (--resume) to continue it or choose another out"
             )
 
-    def _setup(self, ssl_data: Data | None, sl_list: list[Data], val_list: list) -> None:
+    def _setup(
+        self, ssl_data: Data | None, sl_list: list[Data], val_list: list, test_list: list
+    ) -> None:
         cfg, d = self.config, self.dist
         torch.manual_seed(cfg.seed)
         self.model = self._build_model(sl_list[0]).to(self.device)
@@ -186,22 +196,24 @@ class MixTrainer:
         ]
         ssl_stream = None if ssl_data is None else Stream(ssl_data, 0, name="ssl_data", **stream)
         self.batches = PhaseBatches(ssl_stream, sl_streams, cfg.augment)
+        eval_kwargs = dict(batch_size=2 * cfg.batch_size, rank=d.rank, world=d.world)
         self.evals = [
-            EvalBatches(
-                v, batch_size=2 * cfg.batch_size, rank=d.rank, world=d.world, device=self.device
-            )
-            for v in val_list
-            if v is not None
+            EvalBatches(v, device=self.device, **eval_kwargs) for v in val_list if v is not None
+        ]
+        self.tests = [
+            EvalBatches(t, device=self.device, **eval_kwargs) for t in test_list if t is not None
         ]
         self.meters = Meters(self.device, d)
         ssl_steps = (ssl_stream or sl_streams[0]).steps
         sl_steps = max(s.steps for s in sl_streams)
         self.steps = {p: self.schedule.steps_per_epoch(p, ssl_steps, sl_steps) for p in PHASES}
+        self.epoch_steps = self.schedule.epoch_steps(ssl_steps, sl_steps)
         self.mix_steps = self.schedule.mix_epochs * self.steps["mix"]
         self.resolved = resolve_plan(
             cfg,
             self.schedule,
             steps=self.steps,
+            epoch_steps=self.epoch_steps,
             ssl_steps=ssl_steps,
             sl_steps=sl_steps,
             world=d.world,
@@ -291,6 +303,8 @@ class MixTrainer:
                 return self._result(completed=False)
             self._end_epoch(spec, out)
         self.position.finished = True
+        if self.tests and self.totals.get("test_top1") is None:
+            self.totals["test_top1"] = evaluate(self.model, self.tests, self.dist, self._autocast)
         result = self._result(completed=True)
         if out is not None and self.dist.main:
             self._save(out)
@@ -308,7 +322,10 @@ class MixTrainer:
                 s.new_pass()
         self.meters.start_epoch(pos.global_step)
         loss_fn = self._loss_fn(phase, net)
-        steps = self.steps[phase]
+        step_flops = self.totals.setdefault("step_flops", {})
+        if phase not in step_flops:  # once per phase, untimed
+            step_flops[phase] = self._count_flops(phase)
+        steps = self.epoch_steps[spec.index]
         bar = progress_bar(cfg.progress and self.dist.main, steps, f"{phase} {spec.index + 1}")
         bar.update(pos.step_in_epoch)
         self.model.train()
@@ -365,7 +382,7 @@ class MixTrainer:
     def _stage_step(self) -> int:
         """Optimizer steps already done in the current stage."""
         done = sum(
-            self.steps[spec.phase]
+            self.epoch_steps[spec.index]
             for spec in self.schedule.epochs()[: self.position.epoch]
             if stage_of(spec.phase) == self.stage
         )
@@ -378,6 +395,17 @@ class MixTrainer:
         mix_first = next(p.first_epoch for p in self.schedule.phases if p.name == "mix")
         step = (self.position.epoch - mix_first) * self.steps["mix"] + self.position.step_in_epoch
         return self._alphas[step].clone()
+
+    def _count_flops(self, phase: str) -> int:
+        """Model FLOPs of one optimizer step of `phase` on all ranks (forward + backward)."""
+        fn = make_loss(phase, self.config, len(self.batches.sl_streams), self._mixed_kwargs)
+        batch = self.batches.sample(phase, count=self.config.batch_size)
+        alpha = torch.tensor(0.5, device=self.device) if phase == "mix" else None
+        with self._autocast():
+            flops = micro_batch_flops(
+                self.model, fn, batch, alpha, self._masks(phase, batch), self._trainable
+            )
+        return flops * self.config.accum_steps * self.dist.world
 
     def _masks(self, phase: str, batch: dict[str, Any]) -> Any:
         """Masks keyed by the micro-batch's global index: micro-batch m of rank r is global
@@ -484,7 +512,7 @@ class MixTrainer:
             "phase": phase,
             "epoch": spec.index + 1,
             "phase_epoch": spec.phase_epoch + 1,
-            "steps": self.steps[phase],
+            "steps": self.epoch_steps[spec.index],
             "global_step": self.position.global_step,
             "loss": loss,  # mean over the epoch's micro-batches on all ranks
             "loss_ssl": loss_ssl if phase != "sl" else None,
@@ -545,10 +573,20 @@ class MixTrainer:
         t = self.totals
         last = next((r for r in reversed(self.rows) if r["val_top1"] is not None), None)
         tasks = last["val_top1_tasks"] if last else [None] * len(self.evals)
+        test = t.get("test_top1") or [None] * len(self.tests)
+        step_flops = dict(t.get("step_flops", {}))
+        done = {p: 0 for p in step_flops}
+        for row in self.rows:
+            done[row["phase"]] = done.get(row["phase"], 0) + row["steps"]
         return TrainResult(
             top1=tasks[0] if tasks else None,
             top1_tasks=tasks,
+            test_top1=test[0] if test else None,
+            test_top1_tasks=test,
             wall_s=t["wall_s"],
+            train_wall_s=sum(t["phase_wall_s"].values()),
+            flops=sum(step_flops.get(p, 0) * n for p, n in done.items()),
+            step_flops=step_flops,
             phase_wall_s=dict(t["phase_wall_s"]),
             eval_wall_s=t["eval_wall_s"],
             sample_passes=dict(t["sample_passes"]),
@@ -567,10 +605,12 @@ def train(
     ssl_data: Data | None,
     sl_data: Data | Sequence[Data],
     val_data: Data | Sequence[Data] | None = None,
+    test_data: Data | Sequence[Data] | None = None,
     **trainer_kwargs: Any,
 ) -> TrainResult:
     """Train `model` as `config` says; what `mixfast train` and `mixfast compare` call."""
-    return MixTrainer(model, config, **trainer_kwargs).fit(ssl_data, sl_data, val_data)
+    trainer = MixTrainer(model, config, **trainer_kwargs)
+    return trainer.fit(ssl_data, sl_data, val_data, test_data)
 
 
 __all__ = ["MixTrainer", "Position", "train"]

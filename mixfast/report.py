@@ -1,0 +1,196 @@
+"""What `mixfast compare` concludes: per regime, label fraction and budget, each pipeline's
+top-1 with its 95 % confidence interval, the paired difference mix - ssl+sl over seeds with its
+interval (t and bootstrap), the cost ratios (FLOPs, training time) and a verdict; the table;
+the accuracy-against-cost frontiers of compare.png."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mixfast.schedule import PIPELINES
+from mixfast.stats import paired_diff, t_quantile_975, verdict
+
+Run = dict[str, Any]
+
+
+def _group_key(run: Run) -> tuple:
+    return (run.get("regime", "data-limited"), run["fraction"], run.get("budget"))
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t interval (0 for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _pipeline_stats(runs: list[Run]) -> dict[str, Any]:
+    top1, top1_ci = _mean_ci([r["top1"] for r in runs])
+    stats = {"n": len(runs), "top1": top1, "top1_ci": top1_ci}
+    if all("val_top1" in r for r in runs):
+        stats["val_top1"] = statistics.fmean(r["val_top1"] for r in runs)
+    stats["wall_s"] = statistics.fmean(r["wall_s"] for r in runs)
+    if all("flops" in r for r in runs):
+        stats["flops"] = statistics.fmean(r["flops"] for r in runs)
+        stats["passes"] = runs[0].get("passes")
+    return stats
+
+
+def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per (regime, fraction, budget): per-pipeline stats and mix vs ssl+sl."""
+    rows = []
+    for key in sorted({_group_key(r) for r in runs}, key=lambda k: (k[0], k[1], k[2] or 0)):
+        regime, fraction, budget = key
+        row: dict[str, Any] = {"regime": regime, "fraction": fraction, "budget": budget}
+        chosen = [r for r in runs if _group_key(r) == key]
+        for pipeline in PIPELINES:
+            mine = [r for r in chosen if r["pipeline"] == pipeline]
+            if mine:
+                row[pipeline] = _pipeline_stats(mine)
+        if "mix" in row and "ssl+sl" in row:
+            row.update(_mix_vs_ssl_sl(chosen))
+        rows.append(row)
+    return rows
+
+
+def _mix_vs_ssl_sl(runs: list[Run]) -> dict[str, Any]:
+    by_seed = {p: {r["seed"]: r for r in runs if r["pipeline"] == p} for p in ("mix", "ssl+sl")}
+    seeds = sorted(set(by_seed["mix"]) & set(by_seed["ssl+sl"]))
+    mix = [by_seed["mix"][s] for s in seeds]
+    base = [by_seed["ssl+sl"][s] for s in seeds]
+    diff = paired_diff([100 * r["top1"] for r in mix], [100 * r["top1"] for r in base])
+    wall_ratio = statistics.fmean(r["wall_s"] for r in mix) / max(
+        statistics.fmean(r["wall_s"] for r in base), 1e-9
+    )
+    out: dict[str, Any] = {"diff": diff.to_dict(), "wall_ratio": wall_ratio}
+    if all("flops" in r for r in mix + base):
+        out["flops_ratio"] = statistics.fmean(r["flops"] for r in mix) / max(
+            statistics.fmean(r["flops"] for r in base), 1
+        )
+        out["passes_equal"] = all(m.get("passes") == b.get("passes") for m, b in zip(mix, base))
+    cost = out.get("flops_ratio", wall_ratio)  # FLOPs when known: not load-dependent
+    out["verdict"] = verdict(diff, cost)
+    return out
+
+
+def _cell(stats: dict[str, Any] | None) -> str:
+    if stats is None:
+        return "-"
+    if stats["n"] > 1:
+        return f"{100 * stats['top1']:.2f} ± {100 * stats['top1_ci']:.2f}"
+    return f"{100 * stats['top1']:.2f}"
+
+
+def format_table(runs: Sequence[Run]) -> str:
+    present = [p for p in PIPELINES if any(r["pipeline"] == p for r in runs)]
+    summary = summarize(runs)
+    budgets = any(row["budget"] is not None for row in summary)
+    header = ["regime", "fraction"] + (["budget"] if budgets else [])
+    header += [f"{p} test %" for p in present]
+    header += ["Δ mix-ssl+sl (95% CI)", "verdict", "FLOPs ratio", "time ratio", "passes ssl/sl"]
+    lines = []
+    for row in summary:
+        cells = [row["regime"], f"{row['fraction']:g}"]
+        cells += [str(row["budget"])] if budgets else []
+        cells += [_cell(row.get(p)) for p in present]
+        diff = row.get("diff")
+        if diff is None:
+            cells += ["-", "-", "-", "-"]
+        else:
+            interval = (
+                f"[{diff['t_low']:+.2f}, {diff['t_high']:+.2f}]" if diff["n"] > 1 else "(1 seed)"
+            )
+            cells.append(f"{diff['mean']:+.2f} {interval}")
+            cells.append(row["verdict"])
+            cells.append(f"{row['flops_ratio']:.2f}" if "flops_ratio" in row else "-")
+            cells.append(f"{row['wall_ratio']:.2f}")
+        passes = (row.get("mix") or row.get("ssl+sl") or {}).get("passes")
+        same = "" if row.get("passes_equal", True) else " (differ!)"
+        cells.append(f"{passes['ssl']}/{passes['sl']}{same}" if passes else "-")
+        lines.append(cells)
+    widths = [max(len(c) for c in col) for col in zip(header, *lines)]
+    out = ["  ".join(c.rjust(w) for c, w in zip(header, widths))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in lines]
+    return "\n".join(out)
+
+
+LEGEND = (
+    "test %: mean ± 95% t half-width over seeds; Δ: mix - ssl+sl test top-1 in points, paired "
+    "by seed, with its 95% t interval (bootstrap in compare.json); verdict: win = interval "
+    "above 0 and mix cheaper by FLOPs, tie = interval holds 0, loss = otherwise; ratios: mix / "
+    "ssl+sl (FLOPs: forward + backward model FLOPs; time: training seconds, evaluation apart); "
+    "passes: sample passes per objective of mix (equal to ssl+sl's by construction)"
+)
+
+
+def print_table(runs: Sequence[Run], settings: dict[str, Any]) -> None:
+    seeds = len(settings["seeds"])
+    print(f"\n{settings['dataset']} on {settings['device']}, {seeds} seed(s) per cell")
+    print(format_table(runs))
+    print(LEGEND)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(cost, top1) points no other point beats on both: less cost and higher accuracy."""
+    front: list[tuple[float, float]] = []
+    for cost, top1 in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or top1 > front[-1][1]:
+            front.append((cost, top1))
+    return front
+
+
+COLORS = {"sl": "tab:gray", "ssl+sl": "tab:blue", "mix": "tab:red"}
+
+
+def plot(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
+    """One column per (regime, fraction); top row: test top-1 against training TFLOPs, bottom
+    row: against training seconds; one line per pipeline through its budgets (seed means)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({_group_key(r)[:2] for r in runs})
+    costs = [("flops", "training TFLOPs", 1e-12), ("wall_s", "training time (s)", 1.0)]
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7.2), squeeze=False)
+    for col, (regime, fraction) in enumerate(panels):
+        mine = [r for r in runs if _group_key(r)[:2] == (regime, fraction)]
+        for row_index, (key, label, scale) in enumerate(costs):
+            ax = axes[row_index][col]
+            for pipeline in PIPELINES:
+                points = _frontier(mine, pipeline, key)
+                if points:
+                    xs = [scale * x for x, _ in points]
+                    ax.plot(xs, [100 * y for _, y in points], "o-", color=COLORS[pipeline],
+                            label=pipeline)  # fmt: skip
+            ax.set_title(f"{regime}, labels {fraction:g}", fontsize=9)
+            ax.set_xlabel(label)
+            ax.set_ylabel("test top-1 (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{settings['dataset']} on {settings['device']}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _frontier(runs: list[Run], pipeline: str, cost_key: str) -> list[tuple[float, float]]:
+    """(mean cost, mean test top-1) of `pipeline` at each budget, by increasing cost."""
+    points = []
+    for budget in sorted({r.get("budget") or 0 for r in runs}):
+        mine = [r for r in runs if r["pipeline"] == pipeline and (r.get("budget") or 0) == budget]
+        if mine and all(cost_key in r for r in mine):
+            points.append(
+                (
+                    statistics.fmean(r[cost_key] for r in mine),
+                    statistics.fmean(r["top1"] for r in mine),
+                )
+            )
+    return sorted(points)
