@@ -80,11 +80,14 @@ def run_name(
 
 def grid(args: argparse.Namespace) -> list[Cell]:
     """Every run, in the order they are made: the pipeline order rotates with the seed, so no
-    pipeline always runs first (after the warm-up) or last."""
+    pipeline always runs first (after the warm-up) or last. Semi-supervised at fraction 1 is
+    the data-limited run again (every image is labeled), so it is left out when both run."""
     cells = []
     budgets = args.budgets or [None]
     for regime in args.regimes:
         for fraction in args.fractions:
+            if regime == "semi-supervised" and fraction == 1.0 and len(args.regimes) > 1:
+                continue
             for budget in budgets:
                 for k, seed in enumerate(args.seeds):
                     turn = k % len(args.pipelines)

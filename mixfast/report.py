@@ -157,7 +157,9 @@ def plot(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({_group_key(r)[:2] for r in runs})
-    costs = [("flops", "training TFLOPs", 1e-12), ("wall_s", "training time (s)", 1.0)]
+    most = max((r.get("flops", 0) for r in runs), default=0)
+    unit, scale = ("TFLOPs", 1e-12) if most >= 1e12 else ("GFLOPs", 1e-9)
+    costs = [("flops", f"training {unit}", scale), ("wall_s", "training time (s)", 1.0)]
     fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7.2), squeeze=False)
     for col, (regime, fraction) in enumerate(panels):
         mine = [r for r in runs if _group_key(r)[:2] == (regime, fraction)]

@@ -294,7 +294,7 @@ def test_stratified_subset_per_class_and_errors():
 def test_prepare_training_data_modes():
     splits = load_synthetic(train_size=200, test_size=100)
     same = prepare_training_data(splits, fraction=0.25, seed=0)  # 20 go to validation
-    assert same.ssl_data is None and len(same.sl_data) == 45 and len(same.val_data) == 20
+    assert same.ssl_data is None and len(same.sl_data) == 40 and len(same.val_data) == 20
     two = prepare_training_data(
         splits, fraction=0.25, train_limit=100, regime="semi-supervised", seed=0
     )

@@ -70,3 +70,20 @@ def test_two_processes_equal_one_process(tmp_path):
         "metrics.jsonl",
         "result.json",
     ]
+
+
+@pytest.mark.slow
+def test_only_rank_zero_prints_the_summary(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tiny = "--dataset synthetic --img-size 16 --train-limit 80 --test-limit 20 --depth 1 "
+    tiny += "--embed-dim 32 --num-heads 2 --decoder-dim 32 --decoder-depth 1 --pipeline sl "
+    tiny += "--sl-epochs 1 --batch-size 8 --device cpu --no-compile --no-progress"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    command += ["-m", "mixfast", "train", *tiny.split(), "--out", str(out)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("test top-1") == 1
+    assert proc.stderr.count("mixfast train: sl on synthetic") == 1
+    assert (out / "data.json").is_file()

@@ -122,9 +122,10 @@ def test_two_stream_and_multitask(tmp_path):
         tiny_data(96), [tiny_data(48), task2], [tiny_data(20, seed=3), task2]
     )
     assert result.resolved["mode"] == "two-stream"
-    # mix epoch = the longest stream (96 / 16 = 6 steps); the others cycle
-    assert result.epochs[0]["steps"] == 6
-    assert result.sample_passes == {"ssl": 96, "sl": 2 * 96}
+    # a mix epoch is one pass over the (longest) labeled stream: 48 / 16 = 3 steps, the other
+    # task cycles; with rho = 1 there is no SSL phase to take the pool's other 48 SSL passes
+    assert result.epochs[0]["steps"] == 3
+    assert result.sample_passes == {"ssl": 48, "sl": 2 * 48}
     assert len(result.top1_tasks) == 2 and all(0 <= t <= 1 for t in result.top1_tasks)
 
 

@@ -213,3 +213,43 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def collect(
+        cls,
+        totals: dict[str, Any],
+        rows: list[dict[str, Any]],
+        resolved: dict[str, Any],
+        *,
+        global_step: int,
+        completed: bool,
+        tasks: int,
+        tests: int,
+    ) -> TrainResult:
+        """The result of a run from the trainer's totals and metrics rows."""
+        last = next((r for r in reversed(rows) if r["val_top1"] is not None), None)
+        top1 = last["val_top1_tasks"] if last else [None] * tasks
+        test = totals.get("test_top1") or [None] * tests
+        step_flops = dict(totals.get("step_flops", {}))
+        steps = {phase: 0 for phase in step_flops}
+        for row in rows:
+            steps[row["phase"]] = steps.get(row["phase"], 0) + row["steps"]
+        return cls(
+            top1=top1[0] if top1 else None,
+            top1_tasks=top1,
+            test_top1=test[0] if test else None,
+            test_top1_tasks=test,
+            wall_s=totals["wall_s"],
+            train_wall_s=sum(totals["phase_wall_s"].values()),
+            phase_wall_s=dict(totals["phase_wall_s"]),
+            eval_wall_s=totals["eval_wall_s"],
+            flops=sum(step_flops.get(phase, 0) * n for phase, n in steps.items()),
+            step_flops=step_flops,
+            sample_passes=dict(totals["sample_passes"]),
+            budget=resolved["budget"],
+            epochs=list(rows),
+            global_step=global_step,
+            skipped_steps=totals["skipped_steps"],
+            completed=completed,
+            resolved=resolved,
+        )

@@ -24,11 +24,13 @@ def micro_batch_flops(
     params: list[nn.Parameter],
 ) -> int:
     """FLOPs of loss_fn's forward and the backward to `params` on `batch` (eager, no .grad
-    written, RNG state restored)."""
+    written, RNG state restored). It calls the model class's own forwards, so a forward
+    replaced on the instance (a test's hook) is not called by the count."""
     register()
     device = next(model.parameters()).device
+    params = [p for p in params if p.requires_grad]  # DDP freezes a phase's unused ones
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         with FlopCounterMode(display=False) as counter:
-            loss, _ = loss_fn(Objectives(model), batch, alpha, mask)
+            loss, _ = loss_fn(Objectives(model, class_forwards=True), batch, alpha, mask)
             torch.autograd.grad(loss, params, allow_unused=True)
     return int(counter.get_total_flops())

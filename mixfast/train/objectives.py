@@ -25,14 +25,18 @@ LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class Objectives(nn.Module):
-    """Routes forward(kind, ...) to model.forward_<kind>, so DDP sees one forward."""
+    """Routes forward(kind, ...) to model.forward_<kind>, so DDP sees one forward.
+    `class_forwards`: call the class's methods, ignoring any replaced on the instance."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, class_forwards: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.class_forwards = model, class_forwards
 
     def forward(self, kind: str, *args, **kwargs):
-        return getattr(self.model, f"forward_{kind}")(*args, **kwargs)
+        name = f"forward_{kind}"
+        if self.class_forwards:
+            return getattr(type(self.model), name)(self.model, *args, **kwargs)
+        return getattr(self.model, name)(*args, **kwargs)
 
 
 def mixed_extra_kwargs(model: nn.Module, config: TrainConfig) -> dict[str, Any]:

@@ -570,32 +570,14 @@ class MixTrainer:
             torch.cuda.synchronize(self.device)
 
     def _result(self, completed: bool) -> TrainResult:
-        t = self.totals
-        last = next((r for r in reversed(self.rows) if r["val_top1"] is not None), None)
-        tasks = last["val_top1_tasks"] if last else [None] * len(self.evals)
-        test = t.get("test_top1") or [None] * len(self.tests)
-        step_flops = dict(t.get("step_flops", {}))
-        done = {p: 0 for p in step_flops}
-        for row in self.rows:
-            done[row["phase"]] = done.get(row["phase"], 0) + row["steps"]
-        return TrainResult(
-            top1=tasks[0] if tasks else None,
-            top1_tasks=tasks,
-            test_top1=test[0] if test else None,
-            test_top1_tasks=test,
-            wall_s=t["wall_s"],
-            train_wall_s=sum(t["phase_wall_s"].values()),
-            flops=sum(step_flops.get(p, 0) * n for p, n in done.items()),
-            step_flops=step_flops,
-            phase_wall_s=dict(t["phase_wall_s"]),
-            eval_wall_s=t["eval_wall_s"],
-            sample_passes=dict(t["sample_passes"]),
-            budget=self.resolved["budget"],
-            epochs=list(self.rows),
+        return TrainResult.collect(
+            self.totals,
+            self.rows,
+            self.resolved,
             global_step=self.position.global_step,
-            skipped_steps=t["skipped_steps"],
             completed=completed,
-            resolved=self.resolved,
+            tasks=len(self.evals),
+            tests=len(self.tests),
         )
 
 
