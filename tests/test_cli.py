@@ -119,7 +119,11 @@ def test_train_end_to_end(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert 0.0 <= result["top1"] <= 1.0
     data = json.loads((out / "data.json").read_text())
-    assert data["labeled"] == 30 and data["validation"] == 10 and data["model_kwargs"]["patch_size"] == 4
+    assert (
+        data["labeled"] == 30
+        and data["validation"] == 10
+        and data["model_kwargs"]["patch_size"] == 4
+    )
 
 
 def test_compare_end_to_end_refuses_overwrite_and_resumes(tmp_path):
