@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mixfast.schedule import MixSchedule
+from mixfast.train.config import NonFiniteLossError
 from mixfast.train.distributed import Dist
 
 LOSSES = ("loss", "ssl", "sl")
@@ -68,6 +71,33 @@ class Meters:
         if not flag.item():
             return None
         return int(self.sums["bad_step"]), float(self.sums["bad_loss"])
+
+    def raise_if_nonfinite(self, where: str, out: str | None) -> None:
+        """NonFiniteLossError naming the first bad step and its loss; `where` names the phase
+        and epoch; with a run folder, the message says its last.pt is the last good one."""
+        bad = self.first_nonfinite()
+        if bad is None:
+            return
+        step, value = bad
+        at = f"step {step + 1}" if step >= 0 else "a step on another rank"
+        last = Path(out or ".") / "last.pt"
+        kept = f"; {last} holds the last good checkpoint" if out and last.is_file() else ""
+        raise NonFiniteLossError(
+            f"non-finite loss at {at} ({where}): loss={value}; training stopped{kept}"
+        )
+
+    def show(self, bar, clock: float, images_per_micro: int) -> None:
+        """Mean losses and images/s on the progress bar (a host sync; skipped when hidden)."""
+        if bar is None or bar.disable:
+            return
+        means = self.local_means()
+        seconds = self.train_s + time.perf_counter() - clock
+        bar.set_postfix(
+            loss=f"{means['loss']:.4f}",
+            ssl=f"{means['ssl']:.4f}",
+            sl=f"{means['sl']:.4f}",
+            img_s=f"{self.micro * images_per_micro / max(seconds, 1e-9):.0f}",
+        )
 
     def local_means(self) -> dict[str, float]:
         """This rank's mean losses so far (a host sync; for the progress bar)."""

@@ -45,7 +45,6 @@ from mixfast import checkpoint as ckpt
 from mixfast.optim import make_adamw, set_lr, warmup_cosine
 from mixfast.schedule import PHASES, EpochSpec, MixSchedule
 from mixfast.train.config import (
-    NonFiniteLossError,
     TrainConfig,
     TrainResult,
     resolve_plan,
@@ -461,36 +460,13 @@ class MixTrainer:
     # ------------------------------------------------------------------ bookkeeping
 
     def _check(self, phase: str, bar=None, clock: float = 0.0) -> None:
-        """The periodic host sync: non-finite check and the progress bar."""
-        meters = self.meters
+        """The periodic host sync: non-finite check (stop) and the progress bar."""
+        where = f"phase {phase}, epoch {self.position.epoch + 1}"
         if self.config.nonfinite == "stop":
-            bad = meters.first_nonfinite()
-            if bad is not None:
-                step, value = bad
-                where = f"step {step + 1}" if step >= 0 else "a step on another rank"
-                last = Path(self.config.out or ".") / "last.pt"
-                kept = f"; {last} holds the last good checkpoint" if self.config.out else ""
-                raise NonFiniteLossError(
-                    f"non-finite loss at {where} (phase {phase}, epoch "
-                    f"{self.position.epoch + 1}): loss={value}; training stopped"
-                    f"{kept if last.is_file() else ''}"
-                )
-        if bar is not None and not bar.disable:
-            means = meters.local_means()
-            seconds = meters.train_s + time.perf_counter() - clock
-            bar.set_postfix(
-                loss=f"{means['loss']:.4f}",
-                ssl=f"{means['ssl']:.4f}",
-                sl=f"{means['sl']:.4f}",
-                img_s=f"{self._images(phase, meters.micro) / max(seconds, 1e-9):.0f}",
-            )
-
-    def _images(self, phase: str, micro: int) -> int:
-        """Samples fed through the encoder on all ranks in `micro` micro-batches."""
-        per = self.config.batch_size * self.dist.world
-        ssl = per if phase != "sl" else 0
-        sl = per * len(self.batches.sl_streams) if phase != "ssl" else 0
-        return micro * (ssl + sl)
+            self.meters.raise_if_nonfinite(where, self.config.out)
+        per = self.config.batch_size * self.dist.world  # samples per objective per micro-batch
+        objectives = (phase != "sl") + (phase != "ssl") * len(self.batches.sl_streams)
+        self.meters.show(bar, clock, images_per_micro=per * objectives)
 
     def _end_epoch(self, spec: EpochSpec, out: Path | None) -> None:
         meters, phase = self.meters, spec.phase
