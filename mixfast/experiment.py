@@ -100,8 +100,8 @@ def build_model(settings: Any, data: TrainingData, seed: int) -> nn.Module:
 
 
 def with_augment(config, data: TrainingData, settings: Any):
-    """Hand the trainer the on-device batch augmentation unless settings.no_augment."""
-    if settings.no_augment:
+    """Hand the trainer the on-device batch augmentation when settings.augment."""
+    if not settings.augment:
         return config
     return dataclasses.replace(config, augment=data.augment(seed=config.seed))
 
@@ -118,7 +118,7 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
         "regime": data.regime,
         "val_fraction": settings.val_fraction,
         "val_max": settings.val_max,
-        "augment": not settings.no_augment,
+        "augment": bool(settings.augment),
         "labeled": len(data.sl_data),
         "validation": 0 if data.val_data is None else len(data.val_data),
         "test": len(data.test_data),
