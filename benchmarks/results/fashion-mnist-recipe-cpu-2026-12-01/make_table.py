@@ -6,7 +6,7 @@ for r in rows:
     s = r["settings"]
     ep = f"{s['ssl_epochs'] if s['pipeline'] != 'sl' else 0}+{s['epochs']}"
     print(f"| {r['tag']} | {r['case']} | {s['pipeline']} | {r['n_train_labeled']} | {s['patch']}/{s['width']}/{s['depth']}/{s['heads']} | {s['batch']} | {s['blr']:g} | "
-          f"{s['ssl_blr']:g} | {ep} | {s['warmup_frac']:g} | {s['ls']:g} | {s['aug'] or 'off'} | {s['layer_decay'] if s['layer_decay'] is not None else 'default'} | "
+          f"{(format(s['ssl_blr'], 'g') if s['pipeline'] != 'sl' else 'n/a')} | {ep} | {s['warmup_frac']:g} | {s['ls']:g} | {s['aug'] or 'off'} | {s['layer_decay'] if s['layer_decay'] is not None else 'default'} | "
           f"{100*r['final_val']:.2f} | {100*r['test_top1']:.2f} | {r['wall_s']:.0f} | {0.55*r['wall_s']:.0f} |")
 print()
 for r in rows:
