@@ -68,11 +68,24 @@ def test_state_dict_resumes_mid_pass():
     for _ in range(3):
         s.next()
     state = s.state_dict()
-    assert state == {"cycle": 0, "pos": 3}
+    assert state == {"cycle": 0, "pos": 3, "size": 40}
     rest = [ids(s.next()) for _ in range(4)]
     resumed = stream(numbered(40))
     resumed.load_state_dict(state)
     assert [ids(resumed.next()) for _ in range(4)] == rest
+
+
+def test_state_of_other_data_is_refused():
+    state = stream(numbered(40)).state_dict()
+    other = stream(numbered(44))
+    try:
+        other.load_state_dict(state)
+    except ValueError as exc:
+        assert "holds 44 samples, the run was made with 40" in str(exc)
+    else:
+        raise AssertionError("a stream state of 40 samples loaded into 44")
+    other.load_state_dict({"cycle": 1, "pos": 2})  # older checkpoints carry no size
+    assert other.state_dict() == {"cycle": 1, "pos": 2, "size": 44}
 
 
 def test_too_few_samples_is_refused():

@@ -131,9 +131,17 @@ class Stream:
         return self.micro // self.accum
 
     def state_dict(self) -> dict[str, int]:
-        return {"cycle": self.cycle, "pos": self.pos}
+        return {"cycle": self.cycle, "pos": self.pos, "size": len(self.source)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the position; refuse a source of another size (other data: the saved
+        order would index other samples). States without a size (older runs) load."""
+        size = state.get("size")
+        if size is not None and size != len(self.source):
+            raise ValueError(
+                f"resume: {self.name} holds {len(self.source)} samples, the run was made with "
+                f"{size}; resume with the run's data settings or start a new run"
+            )
         self.cycle, self.pos, self._iter = int(state["cycle"]), int(state["pos"]), None
 
     def new_pass(self) -> None:

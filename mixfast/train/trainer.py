@@ -264,6 +264,14 @@ class MixTrainer:
                 f"{k}: {state['config'][k]!r} -> {getattr(self.config, k)!r}" for k in changed
             )
             raise ValueError(f"resume: the run was started with other settings ({diff})")
+        saved_steps = state["resolved"].get("steps_per_epoch")
+        if saved_steps != self.steps:
+            raise ValueError(
+                f"resume: the data differ from the run's: steps per epoch {saved_steps} in the "
+                f"checkpoint, {self.steps} now (another dataset, label fraction, validation "
+                "split, SSL pool or batch size, or a checkpoint of an older mixfast); resume with "
+                "the run's settings or start a new run"
+            )
         ckpt.load_model_state(self.model, state["model"])
         self.position.load_state_dict(state["position"])
         self.totals, self.rows = state["totals"], state["rows"]
