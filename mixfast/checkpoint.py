@@ -55,6 +55,38 @@ from torch import nn
 FORMAT = "mixfast-checkpoint-1"
 
 
+def check_run_folder(out: str | os.PathLike, resume: bool) -> Path:
+    """A run folder `out` a run may use: a folder or nothing yet (never a file), writable;
+    holding a run only when resuming, and a checkpoint to resume from when resuming."""
+    from mixfast.checks import SettingError
+
+    path = Path(out)
+    if str(out) == "":
+        raise SettingError("{out} must name a folder, got ''")
+    if path.exists() and not path.is_dir():
+        raise SettingError(f"{{out}} {path} is a file, not a folder")
+    last, result = path / "last.pt", path / "result.json"
+    if resume and not last.is_file():
+        raise SettingError(f"{{resume}}: {last} does not exist (nothing to resume)")
+    if not resume and (last.exists() or result.exists()):
+        raise SettingError(
+            f"{{out}} {str(path)!r} already holds a run ({last.name} / {result.name}); pass "
+            "{resume} to continue it or choose another {out}"
+        )
+    parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SettingError(f"{{out}} {path}: {parent} is not writable")
+    return path
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temp files a kill during write_atomic left behind (`.NAME.*.tmp`)."""
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file() and not p.is_symlink()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_atomic(path: str | os.PathLike, write: Any, *, binary: bool = False) -> Path:
     """The one writer of every run-folder file: `write(handle)` fills a temp file created with
     a unique name in the same folder (O_EXCL: never a file or link already there), then

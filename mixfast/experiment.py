@@ -45,6 +45,7 @@ def check_patch_grid(img_size: int, patch_size: int) -> None:
 
 def load_data(settings: Any, *, fraction: float | None = None) -> TrainingData:
     """settings: dataset, data_dir, img_size, seed and what prepare_data reads."""
+    check_model_settings(settings)
     if settings.img_size is not None and settings.img_size < 4:
         raise SettingError(f"{{img_size}} must be >= 4, got {settings.img_size}")
     splits = load_dataset(
@@ -78,10 +79,23 @@ def regime(settings: Any) -> str:
     return SSL_POOLS[pool] if pool else settings.regime
 
 
+def check_model_settings(settings: Any) -> None:
+    """The model flags alone, before any data is read: sizes >= 1, width divisible by heads."""
+    for name in ("patch_size", *MODEL_OVERRIDES):
+        value = getattr(settings, name, None)
+        if value is not None and value < 1:
+            raise SettingError(f"{{{name}}} must be >= 1, got {value}")
+    width, heads = getattr(settings, "embed_dim", None), getattr(settings, "num_heads", None)
+    if width is not None and heads is not None and width % heads:
+        raise SettingError(f"{{embed_dim}} {width} must be divisible by {{num_heads}} {heads}")
+
+
 def model_kwargs(settings: Any, data: TrainingData) -> dict[str, Any]:
     """create_model kwargs: the data's shape and classes, patch_size and MODEL_OVERRIDES."""
     channels, img_size, _ = data.image_shape
-    patch_size = settings.patch_size or default_patch_size(img_size)
+    patch_size = settings.patch_size
+    if patch_size is None:
+        patch_size = default_patch_size(img_size)
     check_patch_grid(img_size, patch_size)
     kwargs: dict[str, Any] = dict(
         img_size=img_size, patch_size=patch_size, in_chans=channels, num_classes=data.num_classes

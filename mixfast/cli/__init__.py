@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from mixfast.checks import SettingError
 from mixfast.cli import bench, compare, info, train
 from mixfast.cli.args import UsageError, flag, load_config_defaults
+from mixfast.ops._backend import requested_backend
 
 __all__ = ["UsageError", "build_parser", "main", "parse_args"]
 
@@ -52,11 +53,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        requested_backend()  # MIXFAST_BACKEND is a setting too
         work = args.handler(args)
     except ValueError as exc:
         message = exc.render(flag) if isinstance(exc, SettingError) else str(exc)
         print(f"mixfast {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mixfast {args.command}: interrupted before training started", file=sys.stderr)
+        return 130
     try:
         return work()
     except KeyboardInterrupt:

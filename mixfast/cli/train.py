@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from mixfast import experiment
-from mixfast.checkpoint import write_json
+from mixfast.checkpoint import check_run_folder, write_json
 from mixfast.cli.args import add_run_arguments, config_from_args
 from mixfast.train import distributed, trainer
 
@@ -33,7 +34,10 @@ def top1_line(result) -> str:
 
 def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
     """Set up (errors here exit 2), then return the work to run (errors there exit 1)."""
+    if args.out is None:  # a new folder per run
+        args.out = f"runs/{args.pipeline.replace('+', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = config_from_args(args)
+    check_run_folder(config.out, config.resume)
     data = experiment.load_data(args)
     model = experiment.build_model(args, data, config.seed)
     config = experiment.with_augment(config, data, args)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mixfast.checks import check_choice, check_int, check_number
+from mixfast.checks import SettingError, check_choice, check_int, check_number
 from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS, MixSchedule
 
@@ -86,18 +86,20 @@ class TrainConfig:
         check_number("alpha_constant", self.alpha_constant, 0.0, 1.0)
         check_number("mask_ratio", self.mask_ratio, 0.0, 1.0, high_open=True, low_open=True)
         check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
-        check_number("blr", self.blr, 0.0, math.inf, low_open=True)
-        check_number("ssl_blr", self.ssl_blr, 0.0, math.inf, low_open=True)
+        check_number("blr", self.blr, 0.0, math.inf, low_open=True, high_open=True)
+        check_number("ssl_blr", self.ssl_blr, 0.0, math.inf, low_open=True, high_open=True)
         for name in ("min_lr", "warmup_epochs", "weight_decay"):
-            check_number(name, getattr(self, name), 0.0, math.inf)
+            check_number(name, getattr(self, name), 0.0, math.inf, high_open=True)
         if self.layer_decay is not None:
             check_number("layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
         if self.clip_grad is not None:
             check_number("clip_grad", self.clip_grad, 0.0, math.inf)
         if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
-            raise ValueError(
-                f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
+            raise SettingError(
+                f"{{device}} must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}"
             )
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SettingError(f"{{device}} {self.device!r}: CUDA is not available here; use cpu")
         if self.task_weights is not None and (
             len(self.task_weights) == 0 or any(float(w) < 0 for w in self.task_weights)
         ):

@@ -163,16 +163,8 @@ class MixTrainer:
             self.dist.close()
 
     def _check_out(self, out: Path | None) -> None:
-        if out is None:
-            return
-        last, result = out / "last.pt", out / "result.json"
-        if self.config.resume and not last.is_file():
-            raise ValueError(f"resume=True but {last} does not exist (nothing to resume)")
-        if not self.config.resume and (last.exists() or result.exists()):
-            raise ValueError(
-                f"out={str(out)!r} already holds a run ({last.name} / {result.name}); "
-                "pass resume=True (--resume) to continue it or choose another out"
-            )
+        if out is not None:
+            ckpt.check_run_folder(out, self.config.resume)
 
     def _setup(
         self, ssl_data: Data | None, sl_list: list[Data], val_list: list, test_list: list
@@ -297,6 +289,7 @@ class MixTrainer:
             self.load_state_dict(ckpt.load_checkpoint(out / "last.pt"))
         if out is not None and self.dist.main:
             out.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temporaries(out)
             ckpt.write_json(
                 out / "config.json", {**self.config.to_dict(), "resolved": self.resolved}
             )
