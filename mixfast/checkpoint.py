@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -55,9 +56,15 @@ from torch import nn
 FORMAT = "mixfast-checkpoint-1"
 
 
+MARKER = ".mixfast-run"  # written when a run folder is created: the folder belongs to mixfast
+LOCK = ".lock"
+_held_locks: dict[Path, int] = {}  # run folders this process holds the lock of -> fd
+
+
 def check_run_folder(out: str | os.PathLike, resume: bool) -> Path:
-    """A run folder `out` a run may use: a folder or nothing yet (never a file), writable;
-    holding a run only when resuming, and a checkpoint to resume from when resuming."""
+    """A run folder `out` a run may use: a folder or nothing yet (never a file), writable, a
+    mixfast run folder (its marker) or an empty one; holding a run only when resuming, and a
+    checkpoint to resume from when resuming."""
     from mixfast.checks import SettingError
 
     path = Path(out)
@@ -73,10 +80,46 @@ def check_run_folder(out: str | os.PathLike, resume: bool) -> Path:
             f"{{out}} {str(path)!r} already holds a run ({last.name} / {result.name}); pass "
             "{resume} to continue it or choose another {out}"
         )
+    if not resume and path.is_dir() and not (path / MARKER).exists() and any(path.iterdir()):
+        raise SettingError(
+            f"{{out}} {path} holds files but is not a mixfast run folder (no {MARKER}); "
+            "choose a new or empty folder"
+        )
     parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SettingError(f"{{out}} {path}: {parent} is not writable")
     return path
+
+
+def claim_run_folder(out: str | os.PathLike) -> Path:
+    """Create the run folder with its marker and hold its exclusive lock until this process
+    ends (or `release_run_folder`); a second run on the same folder is refused."""
+    import fcntl
+
+    from mixfast.checks import SettingError
+
+    path = Path(out).resolve()
+    if path in _held_locks:
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SettingError(
+            f"{{out}} {path}: another mixfast run is writing to this folder (it holds {LOCK})"
+        ) from None
+    _held_locks[path] = fd
+    if not (path / MARKER).exists():
+        write_text(path / MARKER, "a mixfast run folder\n")
+    return path
+
+
+def release_run_folder(out: str | os.PathLike) -> None:
+    fd = _held_locks.pop(Path(out).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the lock
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -119,26 +162,60 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     write_atomic(path, lambda handle: torch.save({"format": FORMAT, **state}, handle), binary=True)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and why."""
+
+
+REQUIRED_KEYS = ("model", "optimizer", "stage", "position", "streams", "config", "resolved")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
+    """DIR/last.pt as a dict (weights_only). CheckpointError: missing, empty or truncated,
+    not a mixfast checkpoint, or one that would run code on load."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (truncated): not a usable checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} is not a mixfast checkpoint (not a weights-only torch file; "
+            f"torch says: {str(exc).splitlines()[0][:120]})"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        kind = "truncated" if isinstance(exc, EOFError) or "zip" in str(exc) else "unreadable"
+        raise CheckpointError(f"{path} is {kind}: not a mixfast checkpoint ({exc})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a mixfast checkpoint (format {FORMAT!r})")
+        raise CheckpointError(f"{path} is not a mixfast checkpoint (format {FORMAT!r})")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete mixfast checkpoint: no {missing}")
     return state
 
 
 def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """load_state_dict that fails naming every missing and unexpected key."""
-    result = model.load_state_dict(state_dict, strict=False)
+    """load_state_dict that fails naming every missing and unexpected key, or every shape that
+    differs (CheckpointError: the checkpoint was made by another model)."""
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # shapes differ
+        sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise CheckpointError(
+            "checkpoint made by another model (does not match this one); "
+            + "; ".join(sizes[:5] or [str(exc)[:300]])
+            + (f"; and {len(sizes) - 5} more" if len(sizes) > 5 else "")
+        ) from exc
     problems = []
     if result.missing_keys:
         problems.append("missing keys: " + ", ".join(result.missing_keys))
     if result.unexpected_keys:
         problems.append("unexpected keys: " + ", ".join(result.unexpected_keys))
     if problems:
-        raise ValueError("checkpoint does not match the model; " + "; ".join(problems))
+        raise CheckpointError(
+            "checkpoint made by another model (does not match this one); " + "; ".join(problems)
+        )
 
 
 def export_encoder(model: nn.Module, path: str | os.PathLike) -> Path:

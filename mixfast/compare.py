@@ -43,7 +43,6 @@ COMPARE_DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
     "blr": 1e-2,
     "ssl_blr": 1e-2,
-    "patch_size": 7,
     "depth": 3,
     "embed_dim": 64,
     "num_heads": 2,
@@ -163,9 +162,10 @@ def run_all(
     return runs
 
 
-def _train_cell(cell: Cell, base, data, cell_args, run_dir: Path, resume: bool) -> dict:
+def cell_config(cell: Cell, base, run_dir: Path, resume: bool):
+    """The TrainConfig of one run of the grid."""
     epochs = {} if cell.budget is None else {"ssl_epochs": cell.budget, "sl_epochs": cell.budget}
-    config = dataclasses.replace(
+    return dataclasses.replace(
         base,
         pipeline=cell.pipeline,
         seed=cell.seed,
@@ -173,6 +173,42 @@ def _train_cell(cell: Cell, base, data, cell_args, run_dir: Path, resume: bool) 
         resume=bool(resume and (run_dir / "last.pt").exists()),
         **epochs,
     )
+
+
+def stale_runs(args: argparse.Namespace, base) -> list[str]:
+    """Run folders of the grid made with other settings than this comparison's: "name
+    (what differs)". A --resume may reuse a run only when nothing differs."""
+    stale = []
+    for cell in grid(args):
+        run_dir = Path(args.out) / cell.name
+        saved = _read_json(run_dir / "config.json")
+        if saved is None:
+            continue
+        config = cell_config(cell, base, run_dir, resume=True)
+        diffs = [
+            f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in config.changed_on_resume(saved)
+        ]
+        data = _read_json(run_dir / "data.json") or {}
+        cell_args = argparse.Namespace(**{**vars(args), "seed": cell.seed, "regime": cell.regime})
+        cell_args.fraction, cell_args.ssl_pool = cell.fraction, None
+        for key in experiment.DATA_SETTING_KEYS:
+            now = experiment.setting_value(cell_args, key)
+            if key in data and data[key] != now:
+                diffs.append(f"{key}: {data[key]!r} -> {now!r}")
+        if diffs:
+            stale.append(f"{cell.name} ({'; '.join(diffs)})")
+    return stale
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _train_cell(cell: Cell, base, data, cell_args, run_dir: Path, resume: bool) -> dict:
+    config = cell_config(cell, base, run_dir, resume)
     config = experiment.with_augment(config, data, cell_args)
     model = experiment.build_model(cell_args, data, cell.seed)
     result = train(

@@ -6,12 +6,16 @@ flags). Errors are `SettingError`s naming settings as {name}."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from mixfast.checkpoint import load_checkpoint
 from mixfast.checks import SettingError
 from mixfast.data import SSL_POOLS, TrainingData, load_dataset, prepare_training_data
 
@@ -141,3 +145,64 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
         "model": settings.model,
         "model_kwargs": model_kwargs(settings, data),
     }
+
+
+# data.json keys that restate a setting (the rest are counts derived from the data)
+DATA_SETTING_KEYS = (
+    "dataset", "data_dir", "fraction", "per_class", "train_limit", "test_limit", "regime",
+    "val_fraction", "val_max", "augment", "model",
+)  # fmt: skip
+
+
+def check_resume(settings: Any, config, run_dir: str | Path) -> None:
+    """Before any work: the checkpoint in `run_dir` is usable and the run's settings are the
+    ones it was made with (TrainConfig, data and model); the message lists what differs.
+    Settings safe to change on resume: see mixfast.train.config.RESUMABLE."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir / "last.pt")
+    diffs = [
+        f"{{{k}}}: {state['config'][k]!r} -> {getattr(config, k)!r}"
+        for k in config.changed_on_resume(state["config"])
+    ]
+    saved = _read_json(run_dir / "data.json")
+    if saved is not None:
+        now = {k: setting_value(settings, k) for k in DATA_SETTING_KEYS if k in saved}
+        diffs += [f"{{{k}}}: {saved[k]!r} -> {v!r}" for k, v in now.items() if saved[k] != v]
+        kwargs = saved.get("model_kwargs", {})
+        for name in ("patch_size", *MODEL_OVERRIDES):
+            value = getattr(settings, name, None)
+            if value is not None and kwargs.get(name) != value:
+                diffs.append(f"{{{name}}}: {kwargs.get(name)!r} -> {value!r}")
+    if diffs:
+        raise SettingError(
+            f"{{resume}}: {run_dir} was made with other settings ({'; '.join(diffs)}); resume "
+            "with the run's settings or start a new run"
+        )
+
+
+def setting_value(settings: Any, key: str) -> Any:
+    """The value data.json records for `key` (the regime the settings name)."""
+    return regime(settings) if key == "regime" else getattr(settings, key, None)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_data_fits(settings: Any, config, data: TrainingData, mask_ratio: float) -> None:
+    """Before any work: one batch of training images, and a mask that keeps a patch."""
+    from mixfast.ops.reference import num_kept
+
+    batch = config.batch_size * config.accum_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    if len(data.sl_data) < batch:
+        raise SettingError(
+            f"{{batch_size}} {config.batch_size}: only {len(data.sl_data)} labeled training "
+            f"images, fewer than one batch ({batch} with accumulation and devices)"
+        )
+    kwargs = model_kwargs(settings, data)
+    patches = (kwargs["img_size"] // kwargs["patch_size"]) ** 2
+    if config.pipeline != "sl" and num_kept(patches, mask_ratio) < 1:
+        raise SettingError(f"{{mask_ratio}} {mask_ratio} keeps no patch of {patches}; lower it")

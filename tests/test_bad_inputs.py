@@ -79,8 +79,9 @@ def test_default_out_is_a_new_folder(tmp_path, monkeypatch):
 
 
 def test_stale_temporaries_are_removed(tmp_path):
-    out = tmp_path / "run"
+    out = tmp_path / "run"  # the folder of a run killed while writing its checkpoint
     out.mkdir()
+    (out / ".mixfast-run").write_text("a mixfast run folder\n")
     stale = out / ".last.pt.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
     assert cli.main(["train", *TINY, "--pipeline", "sl", "--out", str(out)]) == 0

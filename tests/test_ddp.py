@@ -65,6 +65,8 @@ def test_two_processes_equal_one_process(tmp_path):
     for key, value in single.state_dict().items():
         torch.testing.assert_close(state[key], value, atol=1e-5, rtol=1e-4, msg=key)
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lock",
+        ".mixfast-run",
         "config.json",
         "last.pt",
         "metrics.jsonl",

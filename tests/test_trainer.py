@@ -66,6 +66,8 @@ def test_pipelines_train_end_to_end(tmp_path, pipeline, phases):
     result = train(config, model, None, tiny_data(), tiny_data(40, seed=2))
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [
+        ".lock",
+        ".mixfast-run",
         "config.json",
         "last.pt",
         "metrics.jsonl",
@@ -434,6 +436,19 @@ def nan_after(model, method: str, good_calls: int):
     return model
 
 
+def nan_at(model, method: str, calls: tuple[int, ...]):
+    count = {"n": 0}
+    original = getattr(model, method)
+
+    def forward(*args, **kwargs):
+        count["n"] += model.training
+        out = original(*args, **kwargs)
+        return out * float("nan") if model.training and count["n"] in calls else out
+
+    setattr(model, method, forward)
+    return model
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     # "sl" for 2 epochs of 4 steps: epoch 1 ends with a checkpoint, step 6 goes NaN
     model = nan_after(tiny_model(), "forward_sl", good_calls=5)
@@ -445,11 +460,20 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_nonfinite_skip_skips_the_step(tmp_path):
-    model = nan_after(tiny_model(), "forward_sl", good_calls=5)
+def test_nonfinite_skip_skips_the_step(tmp_path, capsys):
+    model = nan_at(tiny_model(), "forward_sl", calls=(6,))
     config = tiny_config(tmp_path, pipeline="sl", nonfinite="skip", out=None)
     result = train(config, model, None, tiny_data(), None)
-    assert result.completed and result.skipped_steps == 3
+    assert result.completed and result.skipped_steps == 1
+    assert "skipped step 6" in capsys.readouterr().err  # said as it happens
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_skip_stops_a_diverging_run(tmp_path):
+    model = nan_after(tiny_model(), "forward_sl", good_calls=5)  # steps 6, 7, 8 go NaN
+    config = tiny_config(tmp_path, pipeline="sl", nonfinite="skip", out=None)
+    with pytest.raises(NonFiniteLossError, match="skipped 3 of 4 steps of epoch 2"):
+        train(config, model, None, tiny_data(), None)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -170,11 +170,39 @@ def load_config_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str
         raise UsageError(f"--config {path}: cannot read it ({exc})") from exc
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: want a mapping of option: value")
-    known = {a.dest for a in parser._actions}
+    actions = {a.dest: a for a in parser._actions}
     defaults = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
-        if dest not in known or dest in ("config", "help", "handler"):
+        if dest not in actions or dest in ("config", "help", "handler"):
             raise UsageError(f"--config {path}: unknown option {key!r}")
-        defaults[dest] = value
+        defaults[dest] = _typed(actions[dest], value, f"--config {path}: {key}")
     return defaults
+
+
+def _typed(action: argparse.Action, value: Any, where: str) -> Any:
+    """A YAML value checked as its flag would check it: switches take true/false, lists take
+    lists, numbers take numbers (not strings, not booleans), choices their choices."""
+    if value is None:
+        return None
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):  # the setting's value (amp: false), never a string
+            raise UsageError(f"{where} must be true or false, got {value!r}")
+        return value
+    if action.nargs in ("+", "*"):
+        if not isinstance(value, list) or not value:
+            raise UsageError(f"{where} must be a non-empty list, got {value!r}")
+        return [_scalar(action, item, where) for item in value]
+    return _scalar(action, value, where)
+
+
+def _scalar(action: argparse.Action, value: Any, where: str) -> Any:
+    kind = action.type or str
+    if isinstance(value, bool) or (kind in (int, float) and not isinstance(value, int | float)):
+        raise UsageError(f"{where} must be a {kind.__name__}, got {value!r}")
+    if kind is int and not isinstance(value, int):
+        raise UsageError(f"{where} must be an integer, got {value!r}")
+    value = kind(value)
+    if action.choices is not None and value not in action.choices:
+        raise UsageError(f"{where} must be one of {list(action.choices)}, got {value!r}")
+    return value

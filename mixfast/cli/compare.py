@@ -110,6 +110,14 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
     """Set up and validate everything (errors exit 2); return the runs to do."""
     report_path = check_compare_args(args)
     base = config_from_args(args)
+    if args.resume:
+        stale = compare.stale_runs(args, base)
+        if stale:
+            raise UsageError(
+                f"--resume: {len(stale)} run folder(s) of {args.out} were made with other "
+                f"settings, so their results cannot be reused: {', '.join(stale[:3])}; pass "
+                "--force to run them again, or another --out"
+            )
     splits = load_dataset(args.dataset, args.data_dir, size=args.img_size, seed=args.seed)
     args.regime = args.regimes[0]  # what data.json of the settings describes
     first = experiment.prepare_data(splits, args, fraction=args.fractions[0])

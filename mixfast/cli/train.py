@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mixfast import experiment
-from mixfast.checkpoint import check_run_folder, write_json
+from mixfast.checkpoint import check_run_folder, claim_run_folder, write_json
 from mixfast.cli.args import add_run_arguments, config_from_args
 from mixfast.train import distributed, trainer
 
@@ -38,11 +38,18 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
         args.out = f"runs/{args.pipeline.replace('+', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = config_from_args(args)
     check_run_folder(config.out, config.resume)
+    if config.resume:
+        experiment.check_resume(args, config, config.out)
     data = experiment.load_data(args)
+    experiment.check_data_fits(args, config, data, config.mask_ratio)
     model = experiment.build_model(args, data, config.seed)
     config = experiment.with_augment(config, data, args)
     main_rank = distributed.env_rank() == 0
     if main_rank:
+        claim_run_folder(config.out)  # marker + lock, before the first file is written
+        if not config.resume:
+            settings = experiment.data_settings(args, data, args.fraction)
+            write_json(Path(config.out) / "data.json", settings)
         print(
             f"mixfast train: {config.pipeline} on {args.dataset}: {data.summary()}", file=sys.stderr
         )
@@ -51,12 +58,8 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
         result = trainer.train(
             config, model, data.ssl_data, data.sl_data, data.val_data, test_data=data.test_data
         )
-        if not main_rank:
-            return 0
-        write_json(
-            Path(config.out) / "data.json", experiment.data_settings(args, data, args.fraction)
-        )
-        print(f"{top1_line(result)} -> {config.out}")
+        if main_rank:
+            print(f"{top1_line(result)} -> {config.out}")
         return 0
 
     return work

@@ -52,6 +52,9 @@ def create_model(
         num_classes = int(task_classes[0])
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    for name, value in (("in_chans", in_chans), ("patch_size", patch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     if isinstance(name_or_vit, str):
         vit = create_vit(name_or_vit, img_size, patch_size, in_chans, num_classes, vit_overrides)
     else:

@@ -413,6 +413,7 @@ class MixMAE(nn.Module):
         has_ssl = ssl_images is not None and ssl_images.shape[0] > 0
         ssl_images = ssl_images if has_ssl else None
         self._check_mixed(ssl_images, groups, sl_view, mask_ratio, validate)
+        _check_alpha(alpha)
         spec = _MaskSpec(mask_ratio, seed, offset, masking)
         encode = self._encode_full_view if sl_view == "full" else self._encode_masked_view
         ssl_out, ssl_masking, sl_cls = encode(ssl_images, groups, spec, packed)
@@ -522,3 +523,13 @@ class MixMAE(nn.Module):
                 f"unexpected keys {unexpected}, shape mismatch {wrong}"
             )
         self.encoder.load_state_dict(state)
+
+
+def _check_alpha(alpha: float | torch.Tensor) -> None:
+    """a(t) in [0, 1]: checked where it costs no device sync (a number, or a CPU tensor)."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (the SSL weight a(t)), got {alpha!r}")

@@ -30,6 +30,7 @@ class Meters:
         self.device, self.dist = device, dist
         self.sums: dict[str, torch.Tensor] = {}
         self.micro, self.train_s = 0, 0.0
+        self.skipped = 0  # optimizer steps skipped in this epoch (nonfinite="skip")
         self._pending: dict[str, Any] | None = None
 
     def _zero(self) -> torch.Tensor:
@@ -42,7 +43,7 @@ class Meters:
         self.sums["bad"] = torch.zeros((), dtype=torch.bool, device=self.device)
         self.sums["bad_step"] = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.sums["step"] = torch.full((), global_step, dtype=torch.int64, device=self.device)
-        self.micro, self.train_s = 0, 0.0
+        self.micro, self.train_s, self.skipped = 0, 0.0, 0
         if self._pending is not None:
             for name in (*LOSSES, "bad_loss"):
                 self.sums[name] += self._pending[name].to(self.device)

@@ -45,6 +45,7 @@ from mixfast import checkpoint as ckpt
 from mixfast.optim import make_adamw, set_lr, warmup_cosine
 from mixfast.schedule import PHASES, EpochSpec, MixSchedule
 from mixfast.train.config import (
+    NonFiniteLossError,
     TrainConfig,
     TrainResult,
     resolve_plan,
@@ -66,6 +67,7 @@ from mixfast.train.stopping import StopRequests
 from mixfast.train.streams import EvalBatches, Stream, evaluate, num_classes
 
 Data = Dataset | DataLoader
+MAX_SKIPPED_SHARE = 0.5  # nonfinite="skip" stops when more than this share of an epoch skips
 
 
 class MixTrainer:
@@ -160,6 +162,8 @@ class MixTrainer:
             with self.stops.catching_signals():
                 return self._run(out)
         finally:
+            if out is not None and self.dist.main:
+                ckpt.release_run_folder(out)
             self.dist.close()
 
     def _check_out(self, out: Path | None) -> None:
@@ -186,6 +190,7 @@ class MixTrainer:
             for k, s in enumerate(sl_list)
         ]
         ssl_stream = None if ssl_data is None else Stream(ssl_data, 0, name="ssl_data", **stream)
+        self._check_labels(sl_streams)
         self.batches = PhaseBatches(ssl_stream, sl_streams, cfg.augment)
         eval_kwargs = dict(batch_size=2 * cfg.batch_size, rank=d.rank, world=d.world)
         self.evals = [
@@ -217,6 +222,20 @@ class MixTrainer:
         self._alphas = torch.tensor(alphas, dtype=torch.float32).to(self.device)
         self._mixed_kwargs = mixed_extra_kwargs(self.model, cfg)
         self._precompute_masks = takes_precomputed_masks(self.model)
+
+    def _check_labels(self, streams: list[Stream]) -> None:
+        """Labels of in-memory sources inside their head's classes, before any step."""
+        classes = getattr(self.model, "task_classes", None)
+        for k, stream in enumerate(streams):
+            labels = None if stream.memory is None else stream.memory.labels
+            if classes is None or labels is None or labels.numel() == 0:
+                continue
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= classes[k]:
+                raise ValueError(
+                    f"{stream.name}: labels must be in [0, {classes[k]}) (the classes of head "
+                    f"{k}), got [{low}, {high}]"
+                )
 
     def _build_model(self, sl_data: Data) -> nn.Module:
         model = self.model_spec
@@ -288,7 +307,7 @@ class MixTrainer:
         if out is not None and self.config.resume:
             self.load_state_dict(ckpt.load_checkpoint(out / "last.pt"))
         if out is not None and self.dist.main:
-            out.mkdir(parents=True, exist_ok=True)
+            ckpt.claim_run_folder(out)
             ckpt.remove_stale_temporaries(out)
             ckpt.write_json(
                 out / "config.json", {**self.config.to_dict(), "resolved": self.resolved}
@@ -373,11 +392,29 @@ class MixTrainer:
         if cfg.clip_grad or cfg.nonfinite == "skip":
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf, foreach=True)
             if cfg.nonfinite == "skip" and not torch.isfinite(norm).item():
-                self.totals["skipped_steps"] += 1
+                self._skip_step()
                 self.optimizer.zero_grad(set_to_none=True)
                 return
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _skip_step(self) -> None:
+        """nonfinite="skip": count and report the skipped step; stop when more than
+        MAX_SKIPPED_SHARE of the epoch's steps so far were skipped (the run is diverging)."""
+        self.totals["skipped_steps"] += 1
+        self.meters.skipped += 1
+        pos = self.position
+        print(
+            f"mixfast: skipped step {pos.global_step + 1} (non-finite gradient norm; "
+            f"{self.meters.skipped} in this epoch)",
+            file=sys.stderr,
+        )
+        done = pos.step_in_epoch + 1
+        if done >= 4 and self.meters.skipped > MAX_SKIPPED_SHARE * done:
+            raise NonFiniteLossError(
+                f"nonfinite='skip' skipped {self.meters.skipped} of {done} steps of epoch "
+                f"{pos.epoch + 1}: the run is diverging; lower the learning rate or clip grads"
+            )
 
     def _stage_step(self) -> int:
         """Optimizer steps already done in the current stage."""
