@@ -87,6 +87,22 @@ class Meters:
             f"non-finite loss at {at} ({where}): loss={value}; training stopped{kept}"
         )
 
+    def skip(self, global_step: int, step_in_epoch: int, epoch: int, max_share: float) -> None:
+        """nonfinite="skip": report the skipped step; stop when more than `max_share` of the
+        epoch's steps so far were skipped (the run is diverging)."""
+        self.skipped += 1
+        print(
+            f"mixfast: skipped step {global_step + 1} (non-finite gradient norm; "
+            f"{self.skipped} in this epoch)",
+            file=sys.stderr,
+        )
+        done = step_in_epoch + 1
+        if done >= 4 and self.skipped > max_share * done:
+            raise NonFiniteLossError(
+                f"nonfinite='skip' skipped {self.skipped} of {done} steps of epoch {epoch + 1}: "
+                "the run is diverging; lower the learning rate or clip gradients"
+            )
+
     def show(self, bar, clock: float, images_per_micro: int) -> None:
         """Mean losses and images/s on the progress bar (a host sync; skipped when hidden)."""
         if bar is None or bar.disable:

@@ -268,3 +268,18 @@ def evaluate(
     finally:
         model.train()
     return results
+
+
+def check_labels(streams: list[Stream], task_classes: list[int] | None) -> None:
+    """Labels of in-memory sources inside their head's classes, before any step (one read of
+    each label tensor at setup; streamed sources are not read ahead)."""
+    for k, stream in enumerate(streams):
+        labels = None if stream.memory is None else stream.memory.labels
+        if task_classes is None or labels is None or labels.numel() == 0:
+            continue
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= task_classes[k]:
+            raise ValueError(
+                f"{stream.name}: labels must be in [0, {task_classes[k]}) (the classes of head "
+                f"{k}), got [{low}, {high}]"
+            )

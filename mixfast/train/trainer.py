@@ -15,10 +15,8 @@ and its loss; the weights are then damaged, so no checkpoint is written and DIR/
 the last good one. `nonfinite="skip"` decides before each optimizer step (one sync per step):
 the step is skipped when the gradient norm is not finite (the same on every DDP rank).
 
-Distributed: under `torchrun` each phase wraps the model in DistributedDataParallel with the
-parameters that phase leaves unused frozen (found by one tiny forward/backward), so
-find_unused_parameters stays off. Masking offsets follow the global micro-batch order, so DDP
-reproduces single-process training. Rank 0 writes every file.
+Distributed (torchrun): DDP per phase with its unused parameters frozen (distributed.py);
+masks follow the global micro-batch order, so DDP reproduces one process. Rank 0 writes files.
 
 State. Each component saves its own state (streams, meters, optimizer, position); `state_dict`
 composes them into DIR/last.pt (layout in mixfast/checkpoint.py).
@@ -45,7 +43,6 @@ from mixfast import checkpoint as ckpt
 from mixfast.optim import make_adamw, set_lr, warmup_cosine
 from mixfast.schedule import PHASES, EpochSpec, MixSchedule
 from mixfast.train.config import (
-    NonFiniteLossError,
     TrainConfig,
     TrainResult,
     resolve_plan,
@@ -64,7 +61,7 @@ from mixfast.train.objectives import (
     takes_precomputed_masks,
 )
 from mixfast.train.stopping import StopRequests
-from mixfast.train.streams import EvalBatches, Stream, evaluate, num_classes
+from mixfast.train.streams import EvalBatches, Stream, check_labels, evaluate, num_classes
 
 Data = Dataset | DataLoader
 MAX_SKIPPED_SHARE = 0.5  # nonfinite="skip" stops when more than this share of an epoch skips
@@ -190,7 +187,7 @@ class MixTrainer:
             for k, s in enumerate(sl_list)
         ]
         ssl_stream = None if ssl_data is None else Stream(ssl_data, 0, name="ssl_data", **stream)
-        self._check_labels(sl_streams)
+        check_labels(sl_streams, getattr(self.model, "task_classes", None))
         self.batches = PhaseBatches(ssl_stream, sl_streams, cfg.augment)
         eval_kwargs = dict(batch_size=2 * cfg.batch_size, rank=d.rank, world=d.world)
         self.evals = [
@@ -222,20 +219,6 @@ class MixTrainer:
         self._alphas = torch.tensor(alphas, dtype=torch.float32).to(self.device)
         self._mixed_kwargs = mixed_extra_kwargs(self.model, cfg)
         self._precompute_masks = takes_precomputed_masks(self.model)
-
-    def _check_labels(self, streams: list[Stream]) -> None:
-        """Labels of in-memory sources inside their head's classes, before any step."""
-        classes = getattr(self.model, "task_classes", None)
-        for k, stream in enumerate(streams):
-            labels = None if stream.memory is None else stream.memory.labels
-            if classes is None or labels is None or labels.numel() == 0:
-                continue
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or high >= classes[k]:
-                raise ValueError(
-                    f"{stream.name}: labels must be in [0, {classes[k]}) (the classes of head "
-                    f"{k}), got [{low}, {high}]"
-                )
 
     def _build_model(self, sl_data: Data) -> nn.Module:
         model = self.model_spec
@@ -399,22 +382,9 @@ class MixTrainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _skip_step(self) -> None:
-        """nonfinite="skip": count and report the skipped step; stop when more than
-        MAX_SKIPPED_SHARE of the epoch's steps so far were skipped (the run is diverging)."""
-        self.totals["skipped_steps"] += 1
-        self.meters.skipped += 1
         pos = self.position
-        print(
-            f"mixfast: skipped step {pos.global_step + 1} (non-finite gradient norm; "
-            f"{self.meters.skipped} in this epoch)",
-            file=sys.stderr,
-        )
-        done = pos.step_in_epoch + 1
-        if done >= 4 and self.meters.skipped > MAX_SKIPPED_SHARE * done:
-            raise NonFiniteLossError(
-                f"nonfinite='skip' skipped {self.meters.skipped} of {done} steps of epoch "
-                f"{pos.epoch + 1}: the run is diverging; lower the learning rate or clip grads"
-            )
+        self.totals["skipped_steps"] += 1
+        self.meters.skip(pos.global_step, pos.step_in_epoch, pos.epoch, MAX_SKIPPED_SHARE)
 
     def _stage_step(self) -> int:
         """Optimizer steps already done in the current stage."""
