@@ -9,11 +9,9 @@ a fresh one for fine-tuning (blr 1e-3, betas 0.9/0.999, layer-wise lr decay). Th
 the "pretrain" stage and the mix phase opens the "finetune" stage, which runs through the SL
 phase with one AdamW and one warmup + cosine schedule. So rho = 0 is MAE's recipe unchanged.
 
-Host syncs. The hot path has none (mixfast/train/meters.py). `nonfinite="stop"` (default)
-notices a NaN/inf loss up to `log_every` steps late but names the exact first step, its phase
-and its loss; the weights are then damaged, so no checkpoint is written and DIR/last.pt stays
-the last good one. `nonfinite="skip"` decides before each optimizer step (one sync per step):
-the step is skipped when the gradient norm is not finite (the same on every DDP rank).
+Host syncs: none in the hot path (meters.py). `nonfinite="stop"` notices a NaN/inf loss up to
+`log_every` steps late, names its first step, and keeps DIR/last.pt the last good checkpoint;
+`nonfinite="skip"` syncs once per step to skip steps whose gradient norm is not finite.
 
 Distributed (torchrun): DDP per phase with its unused parameters frozen (distributed.py);
 masks follow the global micro-batch order, so DDP reproduces one process. Rank 0 writes files.
