@@ -121,44 +121,40 @@ class PhaseBatches:
             streams.insert(0, self.ssl_stream)
         return streams
 
-    def _prepare(self, stream: Stream, images: torch.Tensor) -> torch.Tensor:
-        return self.augment(images) if self.augment else stream.normalize(images)
-
     def next(self, phase: str) -> dict[str, Any]:
-        batch: dict[str, Any] = {}
-        if phase != "sl":
-            src = self.ssl_stream or self.sl_streams[0]
-            images, labels = src.next()
-            batch["ssl"] = self._prepare(src, images)
-            if self.ssl_stream is None and phase == "mix":
-                batch["sl"] = [(batch["ssl"], labels)]
-        if phase != "ssl":
-            first = 1 if "sl" in batch else 0
-            tasks = batch.setdefault("sl", [])
-            for s in self.sl_streams[first:]:
-                images, labels = s.next()
-                tasks.append((self._prepare(s, images), labels))
-            for k, (_, labels) in enumerate(tasks):
-                if labels is None:
-                    raise ValueError(f"sl_data task {k} yields no labels")
+        """The next micro-batch of `phase`, augmented (or normalised) on the device."""
+
+        def prepare(stream: Stream, images: torch.Tensor) -> torch.Tensor:
+            return self.augment(images) if self.augment else stream.normalize(images)
+
+        batch = self._assemble(phase, lambda s: s.next(), prepare)
+        for k, (_, labels) in enumerate(batch.get("sl", [])):
+            if labels is None:
+                raise ValueError(f"sl_data task {k} yields no labels")
         return batch
 
     def sample(self, phase: str, count: int = 2) -> dict[str, Any]:
         """A batch of `count` samples of `phase` without moving any stream (for the DDP
-        unused-parameter probe and the FLOP count)."""
+        unused-parameter probe and the FLOP count), normalised, not augmented."""
+        return self._assemble(phase, lambda s: s.sample(count), lambda s, x: s.normalize(x))
+
+    def _assemble(self, phase: str, take, prepare) -> dict[str, Any]:
+        """{"ssl": images} and/or {"sl": [(images, labels)] per task}: `take(stream)` reads a
+        batch, `prepare(stream, images)` makes it model input. With one source for both
+        objectives a mix batch's SL images are its SSL images (embedded once)."""
         batch: dict[str, Any] = {}
         if phase != "sl":
             src = self.ssl_stream or self.sl_streams[0]
-            images, labels = src.sample(count)
-            batch["ssl"] = src.normalize(images)
+            images, labels = take(src)
+            batch["ssl"] = prepare(src, images)
             if self.ssl_stream is None and phase == "mix":
                 batch["sl"] = [(batch["ssl"], labels)]
         if phase != "ssl":
             first = 1 if "sl" in batch else 0
             tasks = batch.setdefault("sl", [])
             for s in self.sl_streams[first:]:
-                images, labels = s.sample(count)
-                tasks.append((s.normalize(images), labels))
+                images, labels = take(s)
+                tasks.append((prepare(s, images), labels))
         return batch
 
 
