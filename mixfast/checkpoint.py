@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixfast.checks import SettingError
+
 FORMAT = "mixfast-checkpoint-1"
 
 
@@ -65,8 +67,6 @@ def check_run_folder(out: str | os.PathLike, resume: bool) -> Path:
     """A run folder `out` a run may use: a folder or nothing yet (never a file), writable, a
     mixfast run folder (its marker) or an empty one; holding a run only when resuming, and a
     checkpoint to resume from when resuming."""
-    from mixfast.checks import SettingError
-
     path = Path(out)
     if str(out) == "":
         raise SettingError("{out} must name a folder, got ''")
@@ -95,8 +95,6 @@ def claim_run_folder(out: str | os.PathLike) -> Path:
     """Create the run folder with its marker and hold its exclusive lock until this process
     ends (or `release_run_folder`); a second run on the same folder is refused."""
     import fcntl
-
-    from mixfast.checks import SettingError
 
     path = Path(out).resolve()
     if path in _held_locks:
@@ -151,6 +149,14 @@ def write_atomic(path: str | os.PathLike, write: Any, *, binary: bool = False) -
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda handle: handle.write(text))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A run-folder JSON file, or None when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

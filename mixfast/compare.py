@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mixfast import experiment
-from mixfast.checkpoint import write_json
+from mixfast.checkpoint import read_json, write_json
 from mixfast.data import ImageDataset
 from mixfast.train import train
 
@@ -133,15 +133,14 @@ def run_all(
     runs: list[dict[str, Any]] = []
     data_cache: dict[tuple, Any] = {}
     for index, cell in enumerate(cells):
-        cell_args = argparse.Namespace(**{**vars(args), "seed": cell.seed, "regime": cell.regime})
-        cell_args.ssl_pool = None
+        cell_args = cell_settings(args, cell)
         key = (cell.regime, cell.fraction, cell.seed)
         if key not in data_cache:
             data_cache = {key: experiment.prepare_data(splits, cell_args, fraction=cell.fraction)}
         data = data_cache[key]
         run_dir = Path(args.out) / cell.name
         label = f"[{index + 1}/{len(cells)}] {cell.name}"
-        result = _finished(run_dir) if args.resume else None
+        result = read_json(run_dir / "result.json") if args.resume else None
         if result is None:
             print(f"{label}: {data.summary()}", file=sys.stderr)
             if args.force and holds_run(run_dir):
@@ -175,36 +174,30 @@ def cell_config(cell: Cell, base, run_dir: Path, resume: bool):
     )
 
 
+def cell_settings(args: argparse.Namespace, cell: Cell) -> argparse.Namespace:
+    """The comparison's settings as one run of the grid sees them."""
+    settings = argparse.Namespace(**{**vars(args), "seed": cell.seed, "regime": cell.regime})
+    settings.fraction, settings.ssl_pool = cell.fraction, None
+    return settings
+
+
 def stale_runs(args: argparse.Namespace, base) -> list[str]:
     """Run folders of the grid made with other settings than this comparison's: "name
     (what differs)". A --resume may reuse a run only when nothing differs."""
     stale = []
     for cell in grid(args):
         run_dir = Path(args.out) / cell.name
-        saved = _read_json(run_dir / "config.json")
+        saved = read_json(run_dir / "config.json")
         if saved is None:
             continue
         config = cell_config(cell, base, run_dir, resume=True)
-        diffs = [
-            f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in config.changed_on_resume(saved)
-        ]
-        data = _read_json(run_dir / "data.json") or {}
-        cell_args = argparse.Namespace(**{**vars(args), "seed": cell.seed, "regime": cell.regime})
-        cell_args.fraction, cell_args.ssl_pool = cell.fraction, None
-        for key in experiment.DATA_SETTING_KEYS:
-            now = experiment.setting_value(cell_args, key)
-            if key in data and data[key] != now:
-                diffs.append(f"{key}: {data[key]!r} -> {now!r}")
+        diffs = experiment.setting_differences(
+            cell_settings(args, cell), config, saved, read_json(run_dir / "data.json")
+        )
         if diffs:
-            stale.append(f"{cell.name} ({'; '.join(diffs)})")
+            listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in diffs)
+            stale.append(f"{cell.name} ({listed})")
     return stale
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _train_cell(cell: Cell, base, data, cell_args, run_dir: Path, resume: bool) -> dict:
@@ -215,16 +208,6 @@ def _train_cell(cell: Cell, base, data, cell_args, run_dir: Path, resume: bool) 
         config, model, data.ssl_data, data.sl_data, data.val_data, test_data=data.test_data
     )
     return result.to_dict()
-
-
-def _finished(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "result.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def run_record(cell: Cell, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -6,8 +6,6 @@ flags). Errors are `SettingError`s naming settings as {name}."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixfast.checkpoint import load_checkpoint
+from mixfast.checkpoint import load_checkpoint, read_json
 from mixfast.checks import SettingError
 from mixfast.data import SSL_POOLS, TrainingData, load_dataset, prepare_training_data
+from mixfast.train.distributed import env_world
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
 MIN_PATCHES = 16
@@ -160,43 +159,43 @@ def check_resume(settings: Any, config, run_dir: str | Path) -> None:
     Settings safe to change on resume: see mixfast.train.config.RESUMABLE."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / "last.pt")
-    diffs = [
-        f"{{{k}}}: {state['config'][k]!r} -> {getattr(config, k)!r}"
-        for k in config.changed_on_resume(state["config"])
-    ]
-    saved = _read_json(run_dir / "data.json")
-    if saved is not None:
-        now = {k: setting_value(settings, k) for k in DATA_SETTING_KEYS if k in saved}
-        diffs += [f"{{{k}}}: {saved[k]!r} -> {v!r}" for k, v in now.items() if saved[k] != v]
-        kwargs = saved.get("model_kwargs", {})
-        for name in ("patch_size", *MODEL_OVERRIDES):
-            value = getattr(settings, name, None)
-            if value is not None and kwargs.get(name) != value:
-                diffs.append(f"{{{name}}}: {kwargs.get(name)!r} -> {value!r}")
+    saved_data = read_json(run_dir / "data.json")
+    diffs = setting_differences(settings, config, state["config"], saved_data)
     if diffs:
+        listed = "; ".join(f"{{{name}}}: {old!r} -> {new!r}" for name, old, new in diffs)
         raise SettingError(
-            f"{{resume}}: {run_dir} was made with other settings ({'; '.join(diffs)}); resume "
+            f"{{resume}}: {run_dir} was made with other settings ({listed}); resume "
             "with the run's settings or start a new run"
         )
 
 
-def setting_value(settings: Any, key: str) -> Any:
-    """The value data.json records for `key` (the regime the settings name)."""
-    return regime(settings) if key == "regime" else getattr(settings, key, None)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def setting_differences(
+    settings: Any, config, saved_config: dict, saved_data: dict | None
+) -> list[tuple[str, Any, Any]]:
+    """(name, recorded, now) of every setting that differs from a run's record: its
+    TrainConfig (config.json or the checkpoint's) and its data.json (data and model)."""
+    diffs = [
+        (k, saved_config[k], getattr(config, k)) for k in config.changed_on_resume(saved_config)
+    ]
+    if saved_data is None:
+        return diffs
+    for key in DATA_SETTING_KEYS:
+        now = regime(settings) if key == "regime" else getattr(settings, key, None)
+        if key in saved_data and saved_data[key] != now:
+            diffs.append((key, saved_data[key], now))
+    kwargs = saved_data.get("model_kwargs", {})
+    for name in ("patch_size", *MODEL_OVERRIDES):
+        value = getattr(settings, name, None)
+        if value is not None and kwargs.get(name) != value:
+            diffs.append((name, kwargs.get(name), value))
+    return diffs
 
 
 def check_data_fits(settings: Any, config, data: TrainingData, mask_ratio: float) -> None:
     """Before any work: one batch of training images, and a mask that keeps a patch."""
     from mixfast.ops.reference import num_kept
 
-    batch = config.batch_size * config.accum_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    batch = config.batch_size * config.accum_steps * env_world()
     if len(data.sl_data) < batch:
         raise SettingError(
             f"{{batch_size}} {config.batch_size}: only {len(data.sl_data)} labeled training "

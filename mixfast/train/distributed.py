@@ -45,6 +45,11 @@ class Dist:
             dist.destroy_process_group()
 
 
+def env_world() -> int:
+    """Processes of this torchrun job (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def env_rank() -> int:
     """This process's rank from torchrun's environment (0 outside torchrun)."""
     return int(os.environ.get("RANK", "0"))
@@ -56,7 +61,7 @@ def wants_cuda(device: str) -> bool:
 
 def init_distributed(device: str) -> Dist:
     """The process group for `device` ("auto", "cpu", "cuda", ...) under torchrun, else none."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_world()
     if world <= 1:
         return Dist()
     created = False

@@ -211,13 +211,8 @@ class EvalBatches:
     def __init__(
         self, data: Dataset | DataLoader, *, batch_size: int, rank: int, world: int, device
     ) -> None:
-        self.data, self.batch, self.rank, self.world, self.device = (
-            data,
-            batch_size,
-            rank,
-            world,
-            device,
-        )
+        self.data, self.batch, self.device = data, batch_size, device
+        self.rank, self.world = rank, world
         self.memory = InMemory(data, device) if InMemory.supports(data) else None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
