@@ -190,9 +190,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
             f"{path} is not a mixfast checkpoint (not a weights-only torch file; "
             f"torch says: {str(exc).splitlines()[0][:120]})"
         ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any parse failure: arbitrary bytes fail anyhow
         kind = "truncated" if isinstance(exc, EOFError) or "zip" in str(exc) else "unreadable"
-        raise CheckpointError(f"{path} is {kind}: not a mixfast checkpoint ({exc})") from exc
+        raise CheckpointError(
+            f"{path} is {kind}: not a mixfast checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mixfast checkpoint (format {FORMAT!r})")
     missing = [key for key in REQUIRED_KEYS if key not in state]
