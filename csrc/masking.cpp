@@ -19,8 +19,6 @@ namespace mixfast {
 
 using MaskingOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-constexpr int64_t kCountingMaxPatches = 48;
-
 int64_t check_masking_args(const at::Tensor& sample_ids, int64_t num_patches, double mask_ratio,
                            int64_t offset) {
   TORCH_CHECK_VALUE(sample_ids.dim() == 1 && sample_ids.scalar_type() == at::kLong,
@@ -42,25 +40,6 @@ int64_t check_masking_args(const at::Tensor& sample_ids, int64_t num_patches, do
 
 namespace {
 
-// ranks[j] = position of patch j in the ascending key order. Up to kCountingMaxPatches this
-// runs the CUDA kernel's code (count with key_rank, then kept_before), so the CPU tests check it
-// bit for bit; beyond, counting is O(n^2) and a sort is faster: each patch's index is read back
-// from the low bits of its key. Returns whether it counted.
-bool shuffle_ranks(uint64_t* keys, int64_t n, int bits, int32_t* ranks) {
-  if (n <= kCountingMaxPatches) {
-    for (int64_t j = 0; j < n; ++j) {
-      ranks[j] = key_rank(keys, n, j);
-    }
-    return true;
-  }
-  std::sort(keys, keys + n);
-  const uint64_t index_mask = (uint64_t{1} << bits) - 1;
-  for (int64_t r = 0; r < n; ++r) {
-    ranks[keys[r] & index_mask] = static_cast<int32_t>(r);
-  }
-  return false;
-}
-
 MaskingOutputs random_masking_cpu(const at::Tensor& sample_ids, int64_t num_patches,
                                   double mask_ratio, int64_t seed, int64_t offset,
                                   bool sorted_keep) {
@@ -77,27 +56,26 @@ MaskingOutputs random_masking_cpu(const at::Tensor& sample_ids, int64_t num_patc
   int64_t* keep_ptr = ids_keep.mutable_data_ptr<int64_t>();
   int64_t* restore_ptr = ids_restore.mutable_data_ptr<int64_t>();
   float* mask_ptr = mask.mutable_data_ptr<float>();
-  const int bits = index_bits(num_patches);
-  // About 0.5 ms of work a chunk: waking threads costs more than that on a loaded machine.
-  const int64_t grain = std::max<int64_t>(1, 16384 / num_patches);
+  // About 0.1 ms of work a chunk: waking threads costs more than that on a loaded machine.
+  const int64_t grain = std::max<int64_t>(1, 65536 / num_patches);
 
   at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> keys(num_patches);
-    std::vector<int32_t> ranks(num_patches);
+    std::vector<uint32_t> draws(num_patches);
+    std::vector<int32_t> shuffle(num_patches);
+    std::vector<int32_t> positions(num_patches);
     for (int64_t b = begin; b < end; ++b) {
       const auto sample = static_cast<uint32_t>(sample_ptr[b]);
-      for (int64_t m = 0; 2 * m < num_patches; ++m) {
-        patch_key_pair(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), sample,
-                       static_cast<uint32_t>(m), num_patches, bits, keys.data());
+      for (int64_t m = 0; 4 * m < num_patches - 1; ++m) {
+        draw_block(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), sample,
+                   static_cast<uint32_t>(m), num_patches, draws.data());
       }
-      const bool counting = shuffle_ranks(keys.data(), num_patches, bits, ranks.data());
-      int64_t kept = 0;  // kept patches before j, as a running count
+      shuffle_positions(draws.data(), num_patches, shuffle.data(), positions.data());
+      if (sorted_keep) {
+        sort_kept_positions(num_patches, num_keep, positions.data());
+      }
       for (int64_t j = 0; j < num_patches; ++j) {
-        const int64_t before =
-            counting && sorted_keep ? kept_before(ranks.data(), num_keep, j) : kept;
-        write_patch(j, ranks[j], before, num_keep, sorted_keep, keep_ptr + b * num_keep,
+        write_patch(j, positions[j], num_keep, keep_ptr + b * num_keep,
                     restore_ptr + b * num_patches, mask_ptr + b * num_patches);
-        kept += ranks[j] < num_keep;
       }
     }
   });

@@ -2,16 +2,14 @@
 // kernel (masking_cuda.cu). Everything here is __host__ __device__, so the CPU tests run the very
 // code the GPU runs.
 //
-// Selection (MAE's argsort of noise, made exact): patch j of a sample gets a 64-bit key whose
-// high bits are Philox4x32-10 noise and whose low index_bits(N) bits are j itself. Keys are
-// therefore unique, and the shuffle is the ascending key order: rank(j) = #{i : key_i < key_j}.
-// The first K patches of the shuffle are kept. Every ordering of the patches, hence every K-subset,
-// is equally likely up to ties in the random bits: at least 52 of them for N <= 4096, so the bias
-// is below N^2 * 2^-53 (< 2^-28 at N = 4096, < 2^-37 at N = 196).
+// Selection: a Fisher-Yates shuffle of the sample's patches, O(N). Step i (0 <= i < N - 1) swaps
+// position i with position i + floor(u_i * (N - i) / 2^32), u_i the i-th 32-bit draw; the first
+// K positions of the shuffle are kept. Every ordering of the patches, hence every K-subset, is
+// equally likely up to the rounding of the multiply-shift: each step's choice has probability
+// within (N - i) / 2^32 of 1 / (N - i), relative (< 1e-6 at N = 4096).
 //
-// RNG (counter-based, keyed by (seed, offset, sample)): Philox key = seed (64 bit), counter =
-// [j / 2, sample (low 32 bits), offset (64 bit)]; one Philox block gives the keys of patches
-// 2m and 2m + 1 (words 0-1 and 2-3, high word first).
+// RNG (counter-based, keyed by (seed, offset, sample)): Philox4x32-10 with key = seed (64 bit)
+// and counter = [m, sample (low 32 bits), offset (64 bit)]; block m gives draws 4m .. 4m + 3.
 #pragma once
 
 #include <ATen/core/PhiloxRNGEngine.h>
@@ -22,65 +20,56 @@
 
 namespace mixfast {
 
-// The CUDA kernel keeps a sample's keys and ranks in shared memory: 12 bytes a patch.
+// The CUDA kernel keeps a sample's draws, shuffle and positions in shared memory: 12 bytes a
+// patch, 48 KiB at the largest N.
 constexpr int64_t kMaxPatches = 4096;
 
-// Low key bits that hold the patch index: the fewest that fit every index below n.
-C10_HOST_DEVICE inline int index_bits(int64_t n) {
-  int bits = 0;
-  while ((int64_t{1} << bits) < n) {
-    ++bits;
-  }
-  return bits;
-}
-
-// Keys of patches 2m and 2m + 1 (one Philox block); the second is skipped when 2m + 1 == n.
-C10_HOST_DEVICE inline void patch_key_pair(uint64_t seed, uint64_t offset, uint32_t sample,
-                                           uint32_t m, int64_t n, int bits, uint64_t* keys) {
+// Draws 4m .. 4m + 3 of a sample (one Philox block); those at or past n - 1 are not needed.
+C10_HOST_DEVICE inline void draw_block(uint64_t seed, uint64_t offset, uint32_t sample,
+                                       uint32_t m, int64_t n, uint32_t* draws) {
   // ATen's engine: subsequence fills counter words 2-3, its offset words 0-1.
   at::Philox4_32 philox(seed, /*subsequence=*/offset,
                         /*offset=*/(static_cast<uint64_t>(sample) << 32) | m);
-  for (uint32_t j = 2 * m; j < 2 * m + 2 && j < n; ++j) {
-    const uint64_t hi = philox();
-    const uint64_t noise = (hi << 32) | philox();
-    keys[j] = ((noise >> bits) << bits) | j;
+  for (int64_t i = 4 * int64_t{m}; i < 4 * int64_t{m} + 4 && i < n - 1; ++i) {
+    draws[i] = philox();
   }
 }
 
-// Position of patch j in the shuffle, counting (the CUDA kernel's way; the CPU kernel sorts when
-// n is large, which gives the same positions since keys are unique).
-C10_HOST_DEVICE inline int32_t key_rank(const uint64_t* keys, int64_t n, int64_t j) {
-  const uint64_t key = keys[j];
-  int32_t rank = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    rank += keys[i] < key;
+// Fisher-Yates over the patch indices: positions[j] = where patch j lands in the shuffle,
+// written as each position becomes final (shuffle[] is scratch of n entries).
+C10_HOST_DEVICE inline void shuffle_positions(const uint32_t* draws, int64_t n, int32_t* shuffle,
+                                              int32_t* positions) {
+  for (int64_t j = 0; j < n; ++j) {
+    shuffle[j] = static_cast<int32_t>(j);
   }
-  return rank;
+  for (int64_t i = 0; i < n - 1; ++i) {
+    const uint64_t span = static_cast<uint64_t>(n - i);
+    const int64_t pick = i + static_cast<int64_t>((uint64_t{draws[i]} * span) >> 32);
+    const int32_t chosen = shuffle[pick];
+    shuffle[pick] = shuffle[i];
+    shuffle[i] = chosen;
+    positions[chosen] = static_cast<int32_t>(i);
+  }
+  positions[shuffle[n - 1]] = static_cast<int32_t>(n - 1);
 }
 
-// Kept patches (rank < num_keep) among patches 0 .. j-1; only needed for sorted_keep.
-C10_HOST_DEVICE inline int64_t kept_before(const int32_t* ranks, int64_t num_keep, int64_t j) {
-  int64_t count = 0;
-  for (int64_t i = 0; i < j; ++i) {
-    count += ranks[i] < num_keep;
+// sorted_keep: the shuffle becomes the kept patches in ascending order, then the masked ones in
+// ascending order (same kept set, ids_keep sorted, ids_restore still undoes the shuffle).
+C10_HOST_DEVICE inline void sort_kept_positions(int64_t n, int64_t num_keep, int32_t* positions) {
+  int64_t kept = 0;  // kept patches before j
+  for (int64_t j = 0; j < n; ++j) {
+    const bool is_kept = positions[j] < num_keep;
+    positions[j] = static_cast<int32_t>(is_kept ? kept : num_keep + (j - kept));
+    kept += is_kept;
   }
-  return count;
 }
 
-// Writes patch j's outputs. Unsorted: the shuffle is the key order (MAE). sorted_keep: the
-// shuffle is the kept patches in ascending order, then the masked ones in ascending order, so
-// ids_keep is sorted and ids_restore still undoes the shuffle.
-C10_HOST_DEVICE inline void write_patch(int64_t j, int32_t rank, int64_t kept_before_j,
-                                        int64_t num_keep, bool sorted_keep, int64_t* ids_keep,
-                                        int64_t* ids_restore, float* mask) {
-  const bool kept = rank < num_keep;
-  int64_t position = rank;
-  if (sorted_keep) {
-    position = kept ? kept_before_j : num_keep + (j - kept_before_j);
-  }
+// Patch j's outputs from its position in the shuffle.
+C10_HOST_DEVICE inline void write_patch(int64_t j, int32_t position, int64_t num_keep,
+                                        int64_t* ids_keep, int64_t* ids_restore, float* mask) {
   ids_restore[j] = position;
-  mask[j] = kept ? 0.0f : 1.0f;
-  if (kept) {
+  mask[j] = position < num_keep ? 0.0f : 1.0f;
+  if (position < num_keep) {
     ids_keep[position] = j;
   }
 }

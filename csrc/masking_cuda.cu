@@ -16,36 +16,33 @@ namespace {
 
 constexpr int kMaxThreads = 256;
 
+// The draws are made in parallel, the shuffle (a chain of dependent swaps) by one thread in
+// shared memory, the outputs written in parallel again.
 __global__ void random_masking_kernel(const int64_t* __restrict__ samples, int64_t num_patches,
                                       int64_t num_keep, uint64_t seed, uint64_t offset,
-                                      bool sorted_keep, int bits, int64_t* __restrict__ ids_keep,
+                                      bool sorted_keep, int64_t* __restrict__ ids_keep,
                                       int64_t* __restrict__ ids_restore, float* __restrict__ mask) {
-  extern __shared__ uint64_t keys[];  // [num_patches], then int32 ranks [num_patches]
-  int32_t* ranks = reinterpret_cast<int32_t*>(keys + num_patches);
+  extern __shared__ int32_t shared[];  // positions, shuffle [num_patches] each, then the draws
+  int32_t* positions = shared;
+  int32_t* shuffle = shared + num_patches;
+  uint32_t* draws = reinterpret_cast<uint32_t*>(shared + 2 * num_patches);
   const int64_t b = blockIdx.x;
   const auto sample = static_cast<uint32_t>(samples[b]);
-  int64_t* keep_row = ids_keep + b * num_keep;
-  int64_t* restore_row = ids_restore + b * num_patches;
-  float* mask_row = mask + b * num_patches;
 
-  for (int64_t m = threadIdx.x; 2 * m < num_patches; m += blockDim.x) {
-    patch_key_pair(seed, offset, sample, static_cast<uint32_t>(m), num_patches, bits, keys);
+  for (int64_t m = threadIdx.x; 4 * m < num_patches - 1; m += blockDim.x) {
+    draw_block(seed, offset, sample, static_cast<uint32_t>(m), num_patches, draws);
   }
   __syncthreads();
-  for (int64_t j = threadIdx.x; j < num_patches; j += blockDim.x) {
-    const int32_t rank = key_rank(keys, num_patches, j);
-    ranks[j] = rank;
-    if (!sorted_keep) {
-      write_patch(j, rank, 0, num_keep, false, keep_row, restore_row, mask_row);
+  if (threadIdx.x == 0) {
+    shuffle_positions(draws, num_patches, shuffle, positions);
+    if (sorted_keep) {
+      sort_kept_positions(num_patches, num_keep, positions);
     }
   }
-  if (!sorted_keep) {
-    return;  // uniform across the block: no thread waits at the barrier below
-  }
   __syncthreads();
   for (int64_t j = threadIdx.x; j < num_patches; j += blockDim.x) {
-    write_patch(j, ranks[j], kept_before(ranks, num_keep, j), num_keep, true, keep_row,
-                restore_row, mask_row);
+    write_patch(j, positions[j], num_keep, ids_keep + b * num_keep, ids_restore + b * num_patches,
+                mask + b * num_patches);
   }
 }
 
@@ -68,10 +65,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> random_masking_cuda(
                     "CUDA (one block per sample), got ", batch);
   const int threads =
       static_cast<int>(std::min<int64_t>(kMaxThreads, (num_patches + 31) / 32 * 32));
-  const size_t smem = num_patches * (sizeof(uint64_t) + sizeof(int32_t));
+  const size_t smem = num_patches * (2 * sizeof(int32_t) + sizeof(uint32_t));
   random_masking_kernel<<<static_cast<unsigned int>(batch), threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       samples.const_data_ptr<int64_t>(), num_patches, num_keep, static_cast<uint64_t>(seed),
-      static_cast<uint64_t>(offset), sorted_keep, index_bits(num_patches),
+      static_cast<uint64_t>(offset), sorted_keep,
       ids_keep.mutable_data_ptr<int64_t>(), ids_restore.mutable_data_ptr<int64_t>(),
       mask.mutable_data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

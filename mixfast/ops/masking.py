@@ -12,8 +12,8 @@ still puts every token back in place.
 
 The randomness is counter-based: the mask of sample b depends only on (seed, offset, b), never on
 the batch size, the device or the thread count; the CPU and CUDA kernels of mixfast._C and the
-reference below give the same bits. Patch j of a sample gets a 64-bit key, Philox4x32-10 noise in
-the high bits and j in the low bits, and the shuffle sorts the keys (csrc/masking.h has the
+reference below give the same bits. Each sample's patches are shuffled by Fisher-Yates, O(N), on
+a Philox4x32-10 stream, and ids_restore is written in the same pass (csrc/masking.h has the
 details and the uniformity bound). `offset` lets one seed serve many steps: pass the step number.
 
 The reference here (PyTorch only, any device) is the oracle of the tests and the fallback when

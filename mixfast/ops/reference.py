@@ -6,9 +6,9 @@ oracle of every test.
   so a mix step costs two batched matmuls; the CPU path of the custom ops);
 - patch embedding: `masked_patch_embed_reference` (timm's conv + gather + pos add) and
   `patch_embed_bwd_reference` (fp32 accumulation);
-- masking: Philox4x32-10 on int64 tensors holding 32-bit words, then a sort
-  (`random_masking_reference`, bit-identical to mixfast._C), and `mae_random_masking` (MAE's
-  argsort of torch noise: the benchmark baseline).
+- masking: Philox4x32-10 on int64 tensors holding 32-bit words, then a Fisher-Yates shuffle
+  run for all samples at once (`random_masking_reference`, bit-identical to mixfast._C), and
+  `mae_random_masking` (MAE's argsort of torch noise: the benchmark baseline).
 """
 
 from __future__ import annotations
@@ -212,11 +212,12 @@ def philox4x32_10(counter: tuple[Tensor, ...], key: tuple[int, int]) -> tuple[Te
     return c0, c1, c2, c3
 
 
-def patch_keys(sample_ids: Tensor, num_patches: int, seed: int, offset: int) -> Tensor:
-    """[B, N] int64 keys whose order is the order of csrc/masking.h's unsigned 64-bit keys."""
+def masking_draws(sample_ids: Tensor, num_patches: int, seed: int, offset: int) -> Tensor:
+    """[B, N - 1] int64 holding the 32-bit draws of csrc/masking.h (block m: draws 4m..4m+3)."""
     device = sample_ids.device
     seed &= 2**64 - 1
-    blocks = torch.arange((num_patches + 1) // 2, device=device)
+    count = max(num_patches - 1, 0)
+    blocks = torch.arange((count + 3) // 4, device=device)
     shape = (sample_ids.shape[0], blocks.shape[0])
     counter = (
         blocks.expand(shape),
@@ -224,12 +225,8 @@ def patch_keys(sample_ids: Tensor, num_patches: int, seed: int, offset: int) -> 
         torch.full(shape, offset & _M32, dtype=torch.int64, device=device),
         torch.full(shape, offset >> 32, dtype=torch.int64, device=device),
     )
-    r0, r1, r2, r3 = philox4x32_10(counter, (seed & _M32, seed >> 32))
-    high = torch.stack((r0, r2), dim=-1).flatten(1)[:, :num_patches]
-    low = torch.stack((r1, r3), dim=-1).flatten(1)[:, :num_patches]
-    bits = max(num_patches - 1, 0).bit_length()
-    low = ((low >> bits) << bits) | torch.arange(num_patches, device=device)
-    return (high - 2**31) * 2**32 + low  # unsigned order -> signed order, no overflow
+    words = philox4x32_10(counter, (seed & _M32, seed >> 32))
+    return torch.stack(words, dim=-1).flatten(1)[:, :count]
 
 
 def random_masking_reference(
@@ -240,9 +237,18 @@ def random_masking_reference(
     offset: int,
     sorted_keep: bool,
 ) -> MaskingResult:
-    """The masking of mixfast._C in plain PyTorch (sort-based, so an independent oracle)."""
+    """The masking of mixfast._C in plain PyTorch: the same Fisher-Yates swaps, made for every
+    sample at once; ids_restore by argsort (so the kernel's single pass has an oracle)."""
     num_keep = num_kept(num_patches, mask_ratio)
-    ids_shuffle = torch.argsort(patch_keys(sample_ids, num_patches, seed, offset), dim=1)
+    draws = masking_draws(sample_ids, num_patches, seed, offset)
+    batch = sample_ids.shape[0]
+    rows = torch.arange(batch, device=sample_ids.device)
+    ids_shuffle = torch.arange(num_patches, device=sample_ids.device).repeat(batch, 1)
+    for i in range(num_patches - 1):
+        pick = i + ((draws[:, i] * (num_patches - i)) >> 32)
+        chosen = ids_shuffle[rows, pick]
+        ids_shuffle[rows, pick] = ids_shuffle[:, i]
+        ids_shuffle[:, i] = chosen
     if sorted_keep:
         masked = torch.ones_like(ids_shuffle, dtype=torch.uint8)
         masked.scatter_(1, ids_shuffle[:, :num_keep], 0)
