@@ -1,7 +1,11 @@
 """One packed mixed step against one SSL step + one SL step on the same samples.
 
 Every step is forward + backward + AdamW step of a ViT-Tiny MixMAE. Variants:
-  ssl+sl      forward_ssl step, then a cross-entropy(forward_sl) step (two optimizer steps)
+  mae+timm    the peer, written as users run the two steps today, eager: an MAE step as in
+              facebookresearch/mae models_mae.py (timm patch_embed, argsort-of-noise masking,
+              gather, timm Blocks, its light decoder), then a timm VisionTransformer SL step;
+              two optimizer steps, the same weights and FLOPs as ssl+sl
+  ssl+sl      mixfast's forward_ssl step, then a cross-entropy(forward_sl) step
   mix         forward_mixed(x, x, y, sl_view="full"): both sub-batches in one packed pass
   mix-masked  forward_mixed(..., sl_view="masked"): the SL head reads the masked view's cls
 The variants run round-robin inside one loop (A, B, C, A, B, C, ...; harness.round_robin_ms) so
@@ -10,6 +14,8 @@ ssl+sl. Masks are computed outside the loss functions and passed as `masking=`, 
 runs (torch.compile fullgraph) never recompile for a new offset. CUDA runs use bf16 autocast.
 
 Script:  python benchmarks/bench_mixed_step.py --device cuda --json OUT.json
+         python benchmarks/bench_mixed_step.py --configs 64x64/8 --batch 256 --profile
+         (--profile: each variant's top ops by self CPU time, one step under torch.profiler)
          (add --modes eager compiled cudagraphs for CUDA-graph replays of the compiled steps)
          (CPU default: 28x28/4, batch 32 + 32; CUDA default: 64x64/8 and 28x28/4, 256 + 256)
 pytest:  pytest benchmarks/bench_mixed_step.py   (tiny CPU shapes, pytest-benchmark, eager)
@@ -31,12 +37,13 @@ from harness import Column
 
 from mixfast import random_masking
 from mixfast.model import MixMAE, create_model
+from mixfast.ops.reference import mae_random_masking, patchify_images
 
 CONFIGS = {
     "64x64/8": dict(img_size=64, patch_size=8, in_chans=3, classes=200),
     "28x28/4": dict(img_size=28, patch_size=4, in_chans=1, classes=10),
 }
-VARIANTS = ("ssl+sl", "mix", "mix-masked")
+VARIANTS = ("mae+timm", "ssl+sl", "mix", "mix-masked")
 MODES = ("eager", "compiled", "cudagraphs")
 SEED, ALPHA, MASK_RATIO = 0, 0.5, 0.75
 
@@ -76,6 +83,12 @@ def make_steps(setup: dict[str, Any], mode: str) -> dict[str, Callable[[int], No
     def sl_loss(images, labels):
         return F.cross_entropy(model.forward_sl(images).float(), labels)
 
+    def peer_ssl_loss(images):
+        return mae_peer_loss(model, images, MASK_RATIO)
+
+    def peer_sl_loss(images, labels):
+        return F.cross_entropy(model.encoder(images).float(), labels)
+
     def mix_loss(images, labels, masking, sl_view):
         return model.forward_mixed(
             images, images, labels, alpha=alpha, masking=masking, sl_view=sl_view
@@ -83,8 +96,9 @@ def make_steps(setup: dict[str, Any], mode: str) -> dict[str, Callable[[int], No
 
     if mode != "eager":
         options = dict(fullgraph=True, mode="reduce-overhead" if mode == "cudagraphs" else None)
-        ssl_loss, sl_loss, mix_loss = (
-            torch.compile(f, **options) for f in (ssl_loss, sl_loss, mix_loss)
+        ssl_loss, sl_loss, mix_loss, peer_ssl_loss, peer_sl_loss = (
+            torch.compile(f, **options)
+            for f in (ssl_loss, sl_loss, mix_loss, peer_ssl_loss, peer_sl_loss)
         )
 
     def masks(i: int):
@@ -105,16 +119,55 @@ def make_steps(setup: dict[str, Any], mode: str) -> dict[str, Callable[[int], No
         update(lambda: ssl_loss(x, masks(i)))
         update(lambda: sl_loss(x, y))
 
+    def peer(i: int) -> None:
+        update(lambda: peer_ssl_loss(x))
+        update(lambda: peer_sl_loss(x, y))
+
     return {
+        "mae+timm": peer,
         "ssl+sl": separate,
         "mix": lambda i: update(lambda: mix_loss(x, y, masks(i), "full")),
         "mix-masked": lambda i: update(lambda: mix_loss(x, y, masks(i), "masked")),
     }
 
 
+def mae_peer_loss(model: MixMAE, images: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """MAE's forward_encoder / forward_decoder / forward_loss (models_mae.py) on the model's
+    timm encoder and decoder modules: what a user who runs MAE and timm today executes."""
+    vit = model.encoder
+    x = vit.patch_embed(images) + vit.pos_embed[:, 1:]
+    batch, patches, dim = x.shape
+    ids_keep, ids_restore, mask = mae_random_masking(batch, patches, mask_ratio, device=x.device)
+    x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+    cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(batch, -1, -1)
+    latent = vit.norm(vit.blocks(torch.cat([cls, x], dim=1)))
+    pred = model.forward_decoder(latent, ids_restore)
+    target = patchify_images(images, model.patch_size)
+    loss = (pred.float() - target).pow(2).mean(dim=-1)
+    return (loss * mask).sum() / mask.sum()
+
+
 def speedups(times: dict[str, Any]) -> dict[str, float]:
+    """Each variant's speed over ssl+sl, and mix's over the peer (the figure users compare)."""
     base = times["ssl+sl"]["median_ms"]
-    return {name: base / times[name]["median_ms"] for name in VARIANTS if name != "ssl+sl"}
+    out = {name: base / times[name]["median_ms"] for name in VARIANTS if name != "ssl+sl"}
+    out["mix_vs_peer"] = times["mae+timm"]["median_ms"] / times["mix"]["median_ms"]
+    return out
+
+
+def profile(config: str, batch: int, device: str, top: int = 12) -> None:
+    """Print each variant's top ops by self CPU time over one step (after one warm-up step)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.manual_seed(0)
+    setup = build(config, batch, device)
+    for name, step in make_steps(setup, "eager").items():
+        step(0)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(1)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+        print(f"\n== {name} ({config}, {batch}+{batch}, {device})\n{table}")
 
 
 def measure(config: str, batch: int, device: str, mode: str, warmup: int, iters: int) -> dict:
@@ -138,9 +191,11 @@ COLUMNS = (
     Column("config", "config", 8),
     Column("batch", lambda row: f"{row['batch']}+{row['batch']}", 7),
     Column("mode", "mode", 10),
+    Column("peer ms", ("times", "mae+timm", "median_ms"), 9, ".2f"),
     Column("ssl+sl ms", ("times", "ssl+sl", "median_ms"), 9, ".2f"),
     Column("mix ms", ("times", "mix", "median_ms"), 9, ".2f"),
     Column("speedup", ("speedup", "mix"), 7, ".2f", "x"),
+    Column("vs peer", ("speedup", "mix_vs_peer"), 7, ".2f", "x"),
     Column("masked ms", ("times", "mix-masked", "median_ms"), 9, ".2f"),
     Column("speedup", ("speedup", "mix-masked"), 7, ".2f", "x"),
 )
@@ -159,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--iters", type=int, default=None, help="default 20 on CUDA, 10 on CPU")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="print top ops, time nothing")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -169,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (256 if cuda else 32)
     modes = args.modes or ["eager", "compiled"]
     iters = args.iters or (20 if cuda else 10)
+    if args.profile:
+        for config in configs:
+            profile(config, batch, args.device)
+        return 0
     harness.run(
         args,
         points(configs, batch, args.device, modes, args.warmup, iters),
