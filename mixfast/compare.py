@@ -112,8 +112,9 @@ def warm_up(args: argparse.Namespace, base: Any, splits: Any) -> None:
     settings = argparse.Namespace(**{**vars(args), "fraction": 1.0})
     data = experiment.prepare_data(splits, settings)
     few = 2 * base.batch_size
-    sl = data.sl_data
-    tiny = ImageDataset(sl.images[:few], sl.labels[:few], sl.mean, sl.std)
+    tiny = [
+        ImageDataset(s.images[:few], s.labels[:few], s.mean, s.std) for s in data.fit_inputs()[1]
+    ]
     for pipeline in args.pipelines:
         config = dataclasses.replace(
             base, pipeline=pipeline, ssl_epochs=1, sl_epochs=1, mix_ratio=1.0, out=None
@@ -204,22 +205,26 @@ def _train_cell(cell: Cell, base, data, cell_args, run_dir: Path, resume: bool) 
     config = cell_config(cell, base, run_dir, resume)
     config = experiment.with_augment(config, data, cell_args)
     model = experiment.build_model(cell_args, data, cell.seed)
-    result = train(
-        config, model, data.ssl_data, data.sl_data, data.val_data, test_data=data.test_data
-    )
+    ssl_data, sl_data, val_data, test_data = data.fit_inputs()
+    result = train(config, model, ssl_data, sl_data, val_data, test_data=test_data)
     return result.to_dict()
 
 
 def run_record(cell: Cell, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """One row of compare.json: top1 is the test top-1 (read once), val_top1 validation."""
+    """One row of compare.json: top1 is the test top-1 (read once), val_top1 validation; with
+    several tasks both are the average over tasks (the paper's metric), per task beside them."""
+    tests = [float(t) for t in result["test_top1_tasks"]]
+    vals = [float(v) for v in result["top1_tasks"]]
     return {
         "pipeline": cell.pipeline,
         "regime": cell.regime,
         "fraction": cell.fraction,
         "budget": cell.budget,
         "seed": cell.seed,
-        "top1": float(result["test_top1"]),
-        "val_top1": float(result["top1"]),
+        "top1": sum(tests) / len(tests),
+        "val_top1": sum(vals) / len(vals),
+        "top1_tasks": tests,
+        "val_top1_tasks": vals,
         "wall_s": float(result["train_wall_s"]),
         "eval_s": float(result["eval_wall_s"]),
         "flops": int(result["flops"]),

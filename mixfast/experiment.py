@@ -15,7 +15,14 @@ from torch import nn
 
 from mixfast.checkpoint import load_checkpoint, read_json
 from mixfast.checks import SettingError
-from mixfast.data import SSL_POOLS, TrainingData, load_dataset, prepare_training_data
+from mixfast.data import (
+    SSL_POOLS,
+    TrainingData,
+    load_dataset,
+    parse_task_spec,
+    prepare_task_data,
+    prepare_training_data,
+)
 from mixfast.train.distributed import env_world
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
@@ -59,10 +66,25 @@ def load_data(settings: Any, *, fraction: float | None = None) -> TrainingData:
 
 def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> TrainingData:
     """settings: fraction, per_class, train_limit, test_limit, regime (or the older ssl_pool),
-    val_fraction, val_max, seed."""
+    val_fraction, val_max, seed, and task (the `--task` specs; None or [] for one task)."""
     fraction = settings.fraction if fraction is None else fraction
     if not 0.0 < fraction <= 1.0:
         raise SettingError(f"{{fraction}} must be in (0, 1], got {fraction}")
+    specs = task_specs(settings)
+    if specs:
+        if settings.per_class is not None:
+            raise SettingError("{per_class} does not apply with {task}; give fraction= per task")
+        return prepare_task_data(
+            splits,
+            specs,
+            fraction=fraction,
+            train_limit=settings.train_limit,
+            test_limit=settings.test_limit,
+            regime=regime(settings),
+            val_fraction=settings.val_fraction,
+            val_max=settings.val_max,
+            seed=settings.seed,
+        )
     return prepare_training_data(
         splits,
         fraction=fraction,
@@ -74,6 +96,11 @@ def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> Tra
         val_max=settings.val_max,
         seed=settings.seed,
     )
+
+
+def task_specs(settings: Any) -> list:
+    """The parsed `--task` specs of settings.task (none: one task, the dataset's classes)."""
+    return [parse_task_spec(text) for text in getattr(settings, "task", None) or []]
 
 
 def regime(settings: Any) -> str:
@@ -100,9 +127,11 @@ def model_kwargs(settings: Any, data: TrainingData) -> dict[str, Any]:
     if patch_size is None:
         patch_size = default_patch_size(img_size)
     check_patch_grid(img_size, patch_size)
-    kwargs: dict[str, Any] = dict(
-        img_size=img_size, patch_size=patch_size, in_chans=channels, num_classes=data.num_classes
-    )
+    kwargs: dict[str, Any] = dict(img_size=img_size, patch_size=patch_size, in_chans=channels)
+    if len(data.tasks) > 1:
+        kwargs["task_classes"] = data.task_classes
+    else:
+        kwargs["num_classes"] = data.num_classes
     for name in MODEL_OVERRIDES:
         if getattr(settings, name, None) is not None:
             kwargs[name] = getattr(settings, name)
@@ -140,6 +169,11 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
         "validation": 0 if data.val_data is None else len(data.val_data),
         "test": len(data.test_data),
         "ssl_images": len(data.sl_data if data.ssl_data is None else data.ssl_data),
+        "task": list(getattr(settings, "task", None) or []),
+        "tasks": [
+            {"name": t.name, "note": t.note, "classes": t.num_classes, "labeled": len(t.sl_data)}
+            for t in data.tasks
+        ],
         "image_shape": list(data.image_shape),
         "model": settings.model,
         "model_kwargs": model_kwargs(settings, data),
@@ -149,7 +183,7 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
 # data.json keys that restate a setting (the rest are counts derived from the data)
 DATA_SETTING_KEYS = (
     "dataset", "data_dir", "fraction", "per_class", "train_limit", "test_limit", "regime",
-    "val_fraction", "val_max", "augment", "model",
+    "val_fraction", "val_max", "augment", "model", "task",
 )  # fmt: skip
 
 
@@ -181,6 +215,8 @@ def setting_differences(
         return diffs
     for key in DATA_SETTING_KEYS:
         now = regime(settings) if key == "regime" else getattr(settings, key, None)
+        if key == "task":
+            now = list(now or [])
         if key in saved_data and saved_data[key] != now:
             diffs.append((key, saved_data[key], now))
     kwargs = saved_data.get("model_kwargs", {})
@@ -196,10 +232,17 @@ def check_data_fits(settings: Any, config, data: TrainingData, mask_ratio: float
     from mixfast.ops.reference import num_kept
 
     batch = config.batch_size * config.accum_steps * env_world()
-    if len(data.sl_data) < batch:
+    for task in data.tasks:
+        if len(task.sl_data) < batch:
+            of = f" of task {task.name}" if len(data.tasks) > 1 else ""
+            raise SettingError(
+                f"{{batch_size}} {config.batch_size}: only {len(task.sl_data)} labeled training "
+                f"images{of}, fewer than one batch ({batch} with accumulation and devices)"
+            )
+    weights = config.task_weights
+    if weights is not None and len(weights) != len(data.tasks):
         raise SettingError(
-            f"{{batch_size}} {config.batch_size}: only {len(data.sl_data)} labeled training "
-            f"images, fewer than one batch ({batch} with accumulation and devices)"
+            f"{{task_weights}} has {len(weights)} weights for {len(data.tasks)} task(s)"
         )
     kwargs = model_kwargs(settings, data)
     patches = (kwargs["img_size"] // kwargs["patch_size"]) ** 2

@@ -38,6 +38,9 @@ def _pipeline_stats(runs: list[Run]) -> dict[str, Any]:
     if all("flops" in r for r in runs):
         stats["flops"] = statistics.fmean(r["flops"] for r in runs)
         stats["passes"] = runs[0].get("passes")
+    per_task = [r.get("top1_tasks") or [] for r in runs]
+    if len(per_task[0]) > 1 and all(len(t) == len(per_task[0]) for t in per_task):
+        stats["top1_tasks"] = [_mean_ci(list(values)) for values in zip(*per_task)]
     return stats
 
 
@@ -81,9 +84,15 @@ def _mix_vs_ssl_sl(runs: list[Run]) -> dict[str, Any]:
 def _cell(stats: dict[str, Any] | None) -> str:
     if stats is None:
         return "-"
-    if stats["n"] > 1:
-        return f"{100 * stats['top1']:.2f} ± {100 * stats['top1_ci']:.2f}"
-    return f"{100 * stats['top1']:.2f}"
+    text = _mean_text(stats["top1"], stats["top1_ci"], stats["n"])
+    if "top1_tasks" in stats:  # several tasks: the average, then each task's
+        tasks = " / ".join(_mean_text(m, ci, stats["n"]) for m, ci in stats["top1_tasks"])
+        text += f" ({tasks})"
+    return text
+
+
+def _mean_text(mean: float, half_width: float, n: int) -> str:
+    return f"{100 * mean:.2f} ± {100 * half_width:.2f}" if n > 1 else f"{100 * mean:.2f}"
 
 
 def format_table(runs: Sequence[Run]) -> str:
@@ -125,7 +134,9 @@ LEGEND = (
     "by seed, with its 95% t interval (bootstrap in compare.json); verdict: win = interval "
     "above 0 and mix cheaper by FLOPs, tie = interval holds 0, loss = otherwise; ratios: mix / "
     "ssl+sl (FLOPs: forward + backward model FLOPs; time: training seconds, evaluation apart); "
-    "passes: sample passes per objective of mix (equal to ssl+sl's by construction)"
+    "passes: sample passes per objective of mix (equal to ssl+sl's by construction). With "
+    "several tasks, test % is the average over tasks (each task's in brackets, in task order) "
+    "and Δ is that of the average"
 )
 
 

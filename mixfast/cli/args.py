@@ -143,6 +143,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-max", type=int, default=5000, help="at most this many validation images"
     )
     group.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="a supervised task (repeat for several: task k trains head k): key=value pairs "
+        "name=, classes=A-B or A+B, groups=FILE.json (class -> group), fraction=, dataset=, "
+        "data_dir=; default: one task, the dataset's classes",
+    )
+    group.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -189,7 +198,7 @@ def _typed(action: argparse.Action, value: Any, where: str) -> Any:
         if not isinstance(value, bool):  # the setting's value (amp: false), never a string
             raise UsageError(f"{where} must be true or false, got {value!r}")
         return value
-    if action.nargs in ("+", "*"):
+    if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
         if not isinstance(value, list) or not value:
             raise UsageError(f"{where} must be a non-empty list, got {value!r}")
         return [_scalar(action, item, where) for item in value]

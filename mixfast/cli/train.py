@@ -24,11 +24,18 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def top1_line(result) -> str:
+def top1_line(result, names: list[str] | None = None) -> str:
+    tasks = ""
+    if names and len(names) > 1:
+        tests = result.test_top1_tasks or [None] * len(names)
+        tasks = "".join(
+            f"\n  {name}: val top-1 {percent(v)}  test top-1 {percent(t)}"
+            for name, v, t in zip(names, result.top1_tasks, tests)
+        )
     return (
         f"val top-1 {percent(result.top1)}  test top-1 {percent(result.test_top1)}  "
         f"train {result.train_wall_s:.1f}s  eval {result.eval_wall_s:.1f}s  "
-        f"{result.flops / 1e12:.3g} TFLOP"
+        f"{result.flops / 1e12:.3g} TFLOP{tasks}"
     )
 
 
@@ -55,11 +62,10 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
         )
 
     def work() -> int:
-        result = trainer.train(
-            config, model, data.ssl_data, data.sl_data, data.val_data, test_data=data.test_data
-        )
+        ssl_data, sl_data, val_data, test_data = data.fit_inputs()
+        result = trainer.train(config, model, ssl_data, sl_data, val_data, test_data=test_data)
         if main_rank:
-            print(f"{top1_line(result)} -> {config.out}")
+            print(f"{top1_line(result, [t.name for t in data.tasks])} -> {config.out}")
         return 0
 
     return work

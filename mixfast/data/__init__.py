@@ -1,5 +1,5 @@
-"""Data: readers of image sources into uint8 splits (sources.py) and the training data built
-from them (training.py)."""
+"""Data: readers of image sources into uint8 splits (sources.py), the training data built
+from them (training.py) and several supervised tasks over them (tasks.py)."""
 
 from mixfast.data.sources import (
     DATASETS,
@@ -21,11 +21,13 @@ from mixfast.data.sources import (
     synthetic_images,
     validate_images,
 )
+from mixfast.data.tasks import TaskSpec, parse_task_spec, prepare_task_data
 from mixfast.data.training import (
     REGIMES,
     SSL_POOLS,
     BatchAugment,
     ImageDataset,
+    TaskData,
     TrainingData,
     normalize,
     prepare_training_data,
@@ -41,6 +43,8 @@ __all__ = [
     "DataError",
     "ImageDataset",
     "ImageSplits",
+    "TaskData",
+    "TaskSpec",
     "TrainingData",
     "find_fashion_mnist",
     "from_tensors",
@@ -51,6 +55,8 @@ __all__ = [
     "load_synthetic",
     "load_tinyimagenet",
     "normalize",
+    "parse_task_spec",
+    "prepare_task_data",
     "prepare_training_data",
     "read_idx",
     "resize_images",

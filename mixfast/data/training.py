@@ -123,29 +123,81 @@ class BatchAugment:
 
 
 @dataclass
-class TrainingData:
-    """What the trainer gets. ssl_data: the unlabeled pool (None: the labeled images serve both
-    objectives); sl_data: the labeled images; val_data: the validation split carved from the
-    training images (every epoch metric and every choice); test_data: the held-out test split
-    (read once, at the end of a run)."""
+class TaskData:
+    """One supervised task: its labeled images, validation and test splits, and classes."""
 
-    ssl_data: ImageDataset | None
+    name: str
     sl_data: ImageDataset
     val_data: ImageDataset | None
     test_data: ImageDataset
     num_classes: int
+    note: str = ""  # where its labels come from, when not the dataset's own classes
+
+    def summary(self) -> str:
+        val = 0 if self.val_data is None else len(self.val_data)
+        note = f" ({self.note})" if self.note else ""
+        return (
+            f"{self.name}{note}: {len(self.sl_data)} labeled, {val} validation, "
+            f"{len(self.test_data)} test, {self.num_classes} classes"
+        )
+
+
+@dataclass
+class TrainingData:
+    """What the trainer gets. ssl_data: the unlabeled pool (None: the labeled images of task 0
+    serve both objectives); tasks: one or more supervised tasks (task k trains head k), each
+    with its labeled images, the validation split carved from the training images (every epoch
+    metric and every choice) and the held-out test split (read once, at the end of a run)."""
+
+    ssl_data: ImageDataset | None
+    tasks: list[TaskData]
     image_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     regime: str = "data-limited"
+
+    @property
+    def sl_data(self) -> ImageDataset:
+        return self.tasks[0].sl_data
+
+    @property
+    def val_data(self) -> ImageDataset | None:
+        return self.tasks[0].val_data
+
+    @property
+    def test_data(self) -> ImageDataset:
+        return self.tasks[0].test_data
+
+    @property
+    def num_classes(self) -> int:
+        return self.tasks[0].num_classes
+
+    @property
+    def task_classes(self) -> list[int]:
+        return [task.num_classes for task in self.tasks]
+
+    def fit_inputs(self) -> tuple[ImageDataset | None, list, list, list]:
+        """(ssl_data, sl_data, val_data, test_data) as MixTrainer.fit takes them, per task."""
+        tasks = self.tasks
+        return (
+            self.ssl_data,
+            [t.sl_data for t in tasks],
+            [t.val_data for t in tasks],
+            [t.test_data for t in tasks],
+        )
 
     def augment(self, *, seed: int | None = None, **kwargs) -> BatchAugment:
         return BatchAugment(self.image_shape[-1], self.mean, self.std, seed=seed, **kwargs)
 
     def summary(self) -> str:
         ssl = "the labeled images" if self.ssl_data is None else f"{len(self.ssl_data)} images"
-        val = 0 if self.val_data is None else len(self.val_data)
         c, h, w = self.image_shape
+        if len(self.tasks) > 1:
+            tasks = "; ".join(t.summary() for t in self.tasks)
+            return (
+                f"{self.regime}: SSL on {ssl}; {len(self.tasks)} tasks: {tasks}; images {c}x{h}x{w}"
+            )
+        val = 0 if self.val_data is None else len(self.val_data)
         return (
             f"{self.regime}: {len(self.sl_data)} labeled, SSL on {ssl}, {val} validation, "
             f"{len(self.test_data)} test; {self.num_classes} classes, images {c}x{h}x{w}"
@@ -226,17 +278,8 @@ def prepare_training_data(
     sl_data = ImageDataset(images[labeled], labels[labeled], mean, std)
     ssl_data = ImageDataset(images, labels, mean, std) if regime == "semi-supervised" else None
     test_data = ImageDataset(test_images, test_labels, mean, std)
-    return TrainingData(
-        ssl_data,
-        sl_data,
-        val_data,
-        test_data,
-        splits.num_classes,
-        splits.image_shape,
-        mean,
-        std,
-        regime,
-    )
+    task = TaskData(splits.name, sl_data, val_data, test_data, splits.num_classes)
+    return TrainingData(ssl_data, [task], splits.image_shape, mean, std, regime)
 
 
 def _limit(labels: torch.Tensor, total: int, num_classes: int) -> torch.Tensor:
