@@ -168,6 +168,8 @@ def plot(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({_group_key(r)[:2] for r in runs})
+    tasks = max((len(r.get("top1_tasks") or []) for r in runs), default=1)
+    ylabel = f"test top-1, mean of {tasks} tasks (%)" if tasks > 1 else "test top-1 (%)"
     most = max((r.get("flops", 0) for r in runs), default=0)
     unit, scale = ("TFLOPs", 1e-12) if most >= 1e12 else ("GFLOPs", 1e-9)
     costs = [("flops", f"training {unit}", scale), ("wall_s", "training time (s)", 1.0)]
@@ -184,7 +186,7 @@ def plot(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
                             label=pipeline)  # fmt: skip
             ax.set_title(f"{regime}, labels {fraction:g}", fontsize=9)
             ax.set_xlabel(label)
-            ax.set_ylabel("test top-1 (%)")
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle(f"{settings['dataset']} on {settings['device']}", fontsize=10)
