@@ -43,7 +43,11 @@ if has micro; then
   run_bench masking python3 benchmarks/bench_masking.py --device cuda
 fi
 if has step; then
-  run_bench mixed_step python3 benchmarks/bench_mixed_step.py --device cuda
+  # mix vs mixfast's SSL step + SL step vs the eager MAE (models_mae.py) + timm SL peer, eager
+  # and compiled (and CUDA-graph replays of the compiled steps), round-robin in one run
+  run_bench mixed_step python3 benchmarks/bench_mixed_step.py --device cuda \
+    --configs 64x64/8 --modes eager compiled cudagraphs
+  run_bench launches python3 benchmarks/bench_launches.py --device cuda
 fi
 if has e2e; then
   # Same epoch budgets for SSL+SL and MixTraining at rho 0.5 and 1 (issue 8 item 4).
