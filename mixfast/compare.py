@@ -18,7 +18,7 @@ from typing import Any
 
 from mixfast import experiment
 from mixfast.checkpoint import read_json, write_json
-from mixfast.data import ImageDataset
+from mixfast.data import dataset_of
 from mixfast.train import train
 
 PROTOCOL = (
@@ -112,9 +112,7 @@ def warm_up(args: argparse.Namespace, base: Any, splits: Any) -> None:
     settings = argparse.Namespace(**{**vars(args), "fraction": 1.0})
     data = experiment.prepare_data(splits, settings)
     few = 2 * base.batch_size
-    tiny = [
-        ImageDataset(s.images[:few], s.labels[:few], s.mean, s.std) for s in data.fit_inputs()[1]
-    ]
+    tiny = [dataset_of(s.images[:few], s.labels[:few], s.mean, s.std) for s in data.fit_inputs()[1]]
     for pipeline in args.pipelines:
         config = dataclasses.replace(
             base, pipeline=pipeline, ssl_epochs=1, sl_epochs=1, mix_ratio=1.0, out=None

@@ -18,11 +18,12 @@ from mixfast.checks import SettingError
 from mixfast.data import (
     SSL_POOLS,
     TrainingData,
-    load_dataset,
+    open_dataset,
     parse_task_spec,
     prepare_task_data,
     prepare_training_data,
 )
+from mixfast.data.files import MEMORY_CAP_GB
 from mixfast.train.distributed import env_world
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
@@ -58,10 +59,19 @@ def load_data(settings: Any, *, fraction: float | None = None) -> TrainingData:
     check_model_settings(settings)
     if settings.img_size is not None and settings.img_size < 4:
         raise SettingError(f"{{img_size}} must be >= 4, got {settings.img_size}")
-    splits = load_dataset(
-        settings.dataset, settings.data_dir, size=settings.img_size, seed=settings.seed
+    return prepare_data(open_source(settings), settings, fraction=fraction)
+
+
+def open_source(settings: Any):
+    """settings: dataset (a name or a path), data_dir, img_size, seed, data_mode, memory_cap_gb."""
+    return open_dataset(
+        settings.dataset,
+        settings.data_dir,
+        size=settings.img_size,
+        seed=settings.seed,
+        data_mode=getattr(settings, "data_mode", "auto"),
+        memory_cap_gb=getattr(settings, "memory_cap_gb", MEMORY_CAP_GB),
     )
-    return prepare_data(splits, settings, fraction=fraction)
 
 
 def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> TrainingData:
@@ -162,6 +172,7 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
         "train_limit": settings.train_limit,
         "test_limit": settings.test_limit,
         "regime": data.regime,
+        "storage": data.storage,
         "val_fraction": settings.val_fraction,
         "val_max": settings.val_max,
         "augment": bool(settings.augment),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mixfast.data import DATASETS, REGIMES, SSL_POOLS
+from mixfast.data.files import MEMORY_CAP_GB
 from mixfast.experiment import DEFAULT_MODEL
 from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS
@@ -112,7 +113,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--dataset", choices=DATASETS, default="fashion-mnist", help="(default: %(default)s)"
+        "--dataset",
+        default="fashion-mnist",
+        help=f"one of {', '.join(DATASETS)}, or a folder (ROOT/<class>/<image>, or ROOT/train "
+        "and ROOT/val) or a .tar of class folders, read with timm's readers (default: "
+        "%(default)s)",
     )
     group.add_argument(
         "--data-dir",
@@ -150,6 +155,29 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="a supervised task (repeat for several: task k trains head k): key=value pairs "
         "name=, classes=A-B or A+B, groups=FILE.json (class -> group), fraction=, dataset=, "
         "data_dir=; default: one task, the dataset's classes",
+    )
+    storage = group.add_mutually_exclusive_group()
+    storage.add_argument(
+        "--stream",
+        dest="data_mode",
+        action="store_const",
+        const="stream",
+        default="auto",
+        help="decode image files in DataLoader workers (--num-workers) every epoch; default: "
+        "when they exceed --memory-cap-gb decoded",
+    )
+    storage.add_argument(
+        "--in-memory",
+        dest="data_mode",
+        action="store_const",
+        const="memory",
+        help="decode image files into memory once (default: when they fit --memory-cap-gb)",
+    )
+    group.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        default=MEMORY_CAP_GB,
+        help="image files larger than this, decoded, are streamed (default: %(default)s)",
     )
     group.add_argument(
         "--augment",

@@ -11,7 +11,7 @@ from pathlib import Path
 from mixfast import compare, experiment, report
 from mixfast.cli.args import UsageError, add_run_arguments, config_from_args
 from mixfast.compare import holds_run
-from mixfast.data import REGIMES, load_dataset
+from mixfast.data import REGIMES
 from mixfast.schedule import PIPELINES
 
 
@@ -118,7 +118,7 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
                 f"settings, so their results cannot be reused: {', '.join(stale[:3])}; pass "
                 "--force to run them again, or another --out"
             )
-    splits = load_dataset(args.dataset, args.data_dir, size=args.img_size, seed=args.seed)
+    splits = experiment.open_source(args)
     args.regime = args.regimes[0]  # what data.json of the settings describes
     first = experiment.prepare_data(splits, args, fraction=args.fractions[0])
     experiment.model_kwargs(args, first)  # checks the patch grid (and warns) before any work

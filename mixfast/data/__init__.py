@@ -1,6 +1,14 @@
 """Data: readers of image sources into uint8 splits (sources.py), the training data built
 from them (training.py) and several supervised tasks over them (tasks.py)."""
 
+from mixfast.data.files import (
+    DATA_MODES,
+    FileImages,
+    FileSplits,
+    FileView,
+    open_dataset,
+    open_files,
+)
 from mixfast.data.sources import (
     DATASETS,
     FASHION_MNIST_ENV,
@@ -29,6 +37,7 @@ from mixfast.data.training import (
     ImageDataset,
     TaskData,
     TrainingData,
+    dataset_of,
     normalize,
     prepare_training_data,
     validation_split,
@@ -36,16 +45,21 @@ from mixfast.data.training import (
 
 __all__ = [
     "DATASETS",
+    "DATA_MODES",
     "FASHION_MNIST_ENV",
     "REGIMES",
     "SSL_POOLS",
     "BatchAugment",
     "DataError",
+    "FileImages",
+    "FileSplits",
+    "FileView",
     "ImageDataset",
     "ImageSplits",
     "TaskData",
     "TaskSpec",
     "TrainingData",
+    "dataset_of",
     "find_fashion_mnist",
     "from_tensors",
     "load_dataset",
@@ -55,6 +69,8 @@ __all__ = [
     "load_synthetic",
     "load_tinyimagenet",
     "normalize",
+    "open_dataset",
+    "open_files",
     "parse_task_spec",
     "prepare_task_data",
     "prepare_training_data",

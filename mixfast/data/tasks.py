@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mixfast.data.files import FileView
 from mixfast.data.sources import DATASETS, DataError, ImageSplits, resize_splits, stratified_subset
 from mixfast.data.training import (
     REGIMES,
@@ -32,6 +33,7 @@ from mixfast.data.training import (
     ImageDataset,
     TaskData,
     TrainingData,
+    dataset_of,
     prepare_training_data,
 )
 
@@ -260,7 +262,8 @@ def prepare_task_data(
         note = ", ".join(n for n in (source.note, note) if n)
         tasks.append(TaskData(name, sl_data, val_data, test_data, classes, note))
     ssl_data = _ssl_pool(list(sources.values()), regime, mean, std)
-    return TrainingData(ssl_data, tasks, base.data.image_shape, mean, std, regime)
+    shape, storage = base.data.image_shape, base.data.storage
+    return TrainingData(ssl_data, tasks, shape, mean, std, regime, storage)
 
 
 def _load_source(spec: TaskSpec, splits: ImageSplits, load) -> tuple[ImageSplits, str]:
@@ -282,7 +285,7 @@ def _relabeled(
     """The images of `data` (at `index`, else those the task uses) with the task's labels."""
     if index is None:
         index = torch.nonzero(mapping[data.labels] >= 0).flatten()
-    return ImageDataset(data.images[index], mapping[data.labels[index]], mean, std)
+    return dataset_of(data.images[index], mapping[data.labels[index]], mean, std)
 
 
 def _ssl_pool(sources: list[_Source], regime: str, mean, std) -> ImageDataset | None:
@@ -297,9 +300,10 @@ def _ssl_pool(sources: list[_Source], regime: str, mean, std) -> ImageDataset | 
             if torch.equal(picks[0], first.sort().values):
                 return None
     used = [(s, p) for s, p in zip(sources, picks) if p is not None and p.numel()]
-    images = torch.cat([s.data.ssl_data.images[p] for s, p in used])
+    images = [s.data.ssl_data.images[p] for s, p in used]
+    images = torch.cat(images) if isinstance(images[0], torch.Tensor) else FileView.cat(images)
     labels = torch.cat([s.data.ssl_data.labels[p] for s, p in used])
-    return ImageDataset(images, labels, mean, std)
+    return dataset_of(images, labels, mean, std)
 
 
 __all__ = [

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mixfast.data.files import FileImages, FileSplits
 from mixfast.data.sources import DataError, ImageSplits, stratified_subset
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +156,7 @@ class TrainingData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     regime: str = "data-limited"
+    storage: str = "in-memory"  # or "streamed": image files decoded in DataLoader workers
 
     @property
     def sl_data(self) -> ImageDataset:
@@ -192,6 +194,7 @@ class TrainingData:
     def summary(self) -> str:
         ssl = "the labeled images" if self.ssl_data is None else f"{len(self.ssl_data)} images"
         c, h, w = self.image_shape
+        streamed = ", streamed from files" if self.storage == "streamed" else ""
         if len(self.tasks) > 1:
             tasks = "; ".join(t.summary() for t in self.tasks)
             return (
@@ -200,7 +203,7 @@ class TrainingData:
         val = 0 if self.val_data is None else len(self.val_data)
         return (
             f"{self.regime}: {len(self.sl_data)} labeled, SSL on {ssl}, {val} validation, "
-            f"{len(self.test_data)} test; {self.num_classes} classes, images {c}x{h}x{w}"
+            f"{len(self.test_data)} test; {self.num_classes} classes, images {c}x{h}x{w}{streamed}"
         )
 
 
@@ -225,8 +228,15 @@ def validation_split(
     return torch.cat(chosen).sort().values
 
 
+def dataset_of(images, labels: torch.Tensor, mean, std) -> ImageDataset | FileImages:
+    """uint8 images in memory -> ImageDataset; a FileView (files read lazily) -> FileImages."""
+    if isinstance(images, torch.Tensor):
+        return ImageDataset(images, labels, mean, std)
+    return FileImages(images, labels, mean, std)
+
+
 def prepare_training_data(
-    splits: ImageSplits,
+    splits: ImageSplits | FileSplits,
     *,
     fraction: float = 1.0,
     per_class: int | None = None,
@@ -263,7 +273,7 @@ def prepare_training_data(
     val_data = None
     if val_fraction > 0:
         val = validation_split(labels, splits.num_classes, val_fraction, val_max)
-        val_data = ImageDataset(images[val], labels[val], mean, std)
+        val_data = dataset_of(images[val], labels[val], mean, std)
         rest = torch.ones(len(labels), dtype=torch.bool)
         rest[val] = False
         images, labels = images[rest], labels[rest]
@@ -275,11 +285,12 @@ def prepare_training_data(
     if test_limit is not None and test_limit < len(test_labels):
         keep = _limit(test_labels, test_limit, splits.num_classes)
         test_images, test_labels = test_images[keep], test_labels[keep]
-    sl_data = ImageDataset(images[labeled], labels[labeled], mean, std)
-    ssl_data = ImageDataset(images, labels, mean, std) if regime == "semi-supervised" else None
-    test_data = ImageDataset(test_images, test_labels, mean, std)
+    sl_data = dataset_of(images[labeled], labels[labeled], mean, std)
+    ssl_data = dataset_of(images, labels, mean, std) if regime == "semi-supervised" else None
+    test_data = dataset_of(test_images, test_labels, mean, std)
     task = TaskData(splits.name, sl_data, val_data, test_data, splits.num_classes)
-    return TrainingData(ssl_data, [task], splits.image_shape, mean, std, regime)
+    storage = "streamed" if isinstance(splits, FileSplits) else "in-memory"
+    return TrainingData(ssl_data, [task], splits.image_shape, mean, std, regime, storage)
 
 
 def _limit(labels: torch.Tensor, total: int, num_classes: int) -> torch.Tensor:

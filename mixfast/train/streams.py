@@ -41,6 +41,14 @@ def split_batch(batch: Any) -> Batch:
     raise ValueError(f"a batch must be images or (images, labels, ...), got {type(batch)}")
 
 
+def normalize_uint8(images: torch.Tensor, source: Any) -> torch.Tensor:
+    """uint8 images of a source with `mean` / `std` (FileImages) -> normalised float."""
+    mean = getattr(source, "mean", None)
+    if images.dtype != torch.uint8 or mean is None:
+        return images
+    return normalize(images, mean, source.std)
+
+
 def pass_seed(seed: int, stream: int, cycle: int) -> int:
     return (seed * 1_000_003 + stream * 10_007 + cycle) % (2**63)
 
@@ -192,8 +200,10 @@ class Stream:
         return images, labels
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 batches of an ImageDataset -> normalised float."""
-        return images if self.memory is None else self.memory.normalize(images)
+        """uint8 batches of an ImageDataset or of files (FileImages) -> normalised float."""
+        if self.memory is not None:
+            return self.memory.normalize(images)
+        return normalize_uint8(images, self.source)
 
     def sample(self, count: int = 2) -> Batch:
         """A few samples, without moving the stream (for the DDP unused-parameter probe)."""
@@ -228,6 +238,7 @@ class EvalBatches:
                 images = self.memory.normalize(images)
             else:
                 images, labels = split_batch(default_collate([self.data[int(i)] for i in part]))
+                images = normalize_uint8(images.to(self.device), self.data)
             yield images.to(self.device), labels.to(self.device)
 
 

@@ -1,0 +1,264 @@
+"""Image files read where they lie, through timm's readers: a folder (ROOT/<class>/<image>, or
+ROOT/train/<class>/... with ROOT/val|test/<class>/...) or a .tar of class folders. Labels come
+from the readers' index (no decoding); images are decoded on access, in DataLoader workers, to
+uint8 [C, S, S]; normalisation and augmentation stay on the device, as for in-memory data.
+
+    FileView      the images at some indices of a reader (indexing by a tensor gives a view)
+    FileImages    a Dataset over a FileView: (uint8 image, label) per sample, mean/std for the
+                  device-side normalisation
+    FileSplits    train and test views, the counterpart of ImageSplits (same attributes), which
+                  prepare_training_data reads alike; `to_memory()` decodes them into ImageSplits
+    open_files    a folder or a tar -> FileSplits
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from mixfast.data.sources import DataError, ImageSplits, stratified_subset
+
+STATS_SAMPLE = 1024  # images decoded for the per-channel mean / std (seeded, same in both modes)
+STATS_SEED = 4099
+
+
+def _reader(root: Path) -> Any:
+    from timm.data.readers import create_reader
+
+    try:
+        return create_reader("", root=str(root))
+    except (RuntimeError, AssertionError, OSError, EOFError, tarfile.TarError) as exc:
+        raise DataError(f"{{data_dir}} {root}: cannot read it as an image dataset ({exc})") from exc
+
+
+def _reader_labels(reader: Any) -> torch.Tensor:
+    targets = getattr(reader, "targets", None)  # ReaderImageInTar
+    if targets is None:
+        targets = [target for _, target in reader.samples]  # ReaderImageFolder
+    return torch.as_tensor(list(targets), dtype=torch.int64)
+
+
+def _reader_classes(reader: Any) -> tuple[str, ...]:
+    mapping = getattr(reader, "class_to_idx", None) or getattr(reader, "class_name_to_idx", {})
+    return tuple(name for name, _ in sorted(mapping.items(), key=lambda item: item[1]))
+
+
+class FileView:
+    """The images at `indices` of `reader`, decoded to uint8 [C, size, size] on access."""
+
+    def __init__(self, reader: Any, indices: torch.Tensor, *, size: int, mode: str) -> None:
+        self.reader, self.indices, self.size, self.mode = reader, indices, size, mode
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> FileView:
+        return FileView(self.reader, self.indices[index], size=self.size, mode=self.mode)
+
+    @staticmethod
+    def cat(views: list[FileView]) -> FileView:
+        """The views one after the other (views of one reader)."""
+        if any(v.reader is not views[0].reader for v in views):
+            raise DataError("images of several file sources cannot share one pool")
+        first = views[0]
+        indices = torch.cat([v.indices for v in views])
+        return FileView(first.reader, indices, size=first.size, mode=first.mode)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), 1 if self.mode == "L" else 3, self.size, self.size)
+
+    def filename(self, i: int) -> str:
+        return str(self.reader._filename(int(self.indices[i]), absolute=True))
+
+    def decode(self, i: int) -> torch.Tensor:
+        """Image i as uint8 [C, size, size]; a DataError naming the file if it cannot be read."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            file, _ = self.reader[int(self.indices[i])]
+            with file, Image.open(file) as img:
+                img = img.convert(self.mode)
+                if img.size != (self.size, self.size):
+                    img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
+                data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        except (
+            OSError,
+            UnidentifiedImageError,
+            SyntaxError,
+            ValueError,
+            EOFError,
+            tarfile.TarError,
+        ) as exc:
+            raise DataError(f"{self.filename(i)}: cannot decode the image ({exc})") from exc
+        channels = self.shape[1]
+        return data.view(self.size, self.size, channels).permute(2, 0, 1).contiguous()
+
+    def load(self) -> torch.Tensor:
+        """Every image, decoded into one uint8 [N, C, S, S] tensor (the in-memory path)."""
+        images = torch.empty(self.shape, dtype=torch.uint8)
+        for i in range(len(self)):
+            images[i] = self.decode(i)
+        return images
+
+
+class FileImages(Dataset):
+    """(uint8 image [C, S, S], label) pairs of a FileView; `mean` / `std` for normalising the
+    batches on the device (mixfast.train.streams)."""
+
+    def __init__(self, images: FileView, labels: torch.Tensor, mean, std) -> None:
+        if len(images) != len(labels):
+            raise DataError(f"FileImages: {len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, labels.long()
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images.decode(index), self.labels[index]
+
+
+@dataclass
+class FileSplits:
+    """Train and test images of a file source, read lazily: ImageSplits' attributes."""
+
+    name: str
+    train_images: FileView
+    train_labels: torch.Tensor
+    test_images: FileView
+    test_labels: torch.Tensor
+    num_classes: int
+    classes: tuple[str, ...] = ()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of both splits decoded as uint8."""
+        per_image = int(torch.tensor(self.image_shape).prod())
+        return per_image * (len(self.train_images) + len(self.test_images))
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of a seeded sample of the training images, in [0, 1] units
+        (the same in-memory or streamed, so both train alike)."""
+        count = min(STATS_SAMPLE, len(self.train_images))
+        gen = torch.Generator().manual_seed(STATS_SEED)
+        pick = torch.randperm(len(self.train_images), generator=gen)[:count].sort().values
+        pixels = self.train_images[pick].load().double() / 255.0
+        mean = pixels.mean(dim=(0, 2, 3))
+        std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return tuple(mean.tolist()), tuple(std.tolist())
+
+    def to_memory(self) -> ImageSplits:
+        """Decode both splits (ImageSplits: the in-memory path); keeps the sampled mean / std."""
+        return ImageSplits(
+            self.name,
+            self.train_images.load(),
+            self.train_labels,
+            self.test_images.load(),
+            self.test_labels,
+            self.num_classes,
+            self.classes,
+            stats=self.mean_std(),
+        )
+
+
+def open_files(
+    root: str | os.PathLike,
+    *,
+    size: int | None,
+    mode: str = "RGB",
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> FileSplits:
+    """A folder (ROOT/train + ROOT/val|test, or ROOT/<class>/ split into train and a held-out
+    stratified `test_fraction`) or a .tar of class folders (split the same way). `size`: the
+    images' side after resizing (default: the first image's width)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{{data_dir}} {root} does not exist")
+    test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if root.is_dir() and (root / "train").is_dir() and test_dir is not None:
+        train, test = _reader(root / "train"), _reader(test_dir)
+        if _reader_classes(train) != _reader_classes(test):
+            raise DataError(f"{test_dir}: class folders differ from {root / 'train'}")
+        size = size or _first_size(FileView(train, torch.arange(len(train)), size=1, mode=mode))
+        train_view = FileView(train, torch.arange(len(train)), size=size, mode=mode)
+        test_view = FileView(test, torch.arange(len(test)), size=size, mode=mode)
+        train_labels, test_labels = _reader_labels(train), _reader_labels(test)
+        classes = _reader_classes(train)
+    else:
+        reader = _reader(root)
+        labels = _reader_labels(reader)
+        size = size or _first_size(FileView(reader, torch.arange(len(reader)), size=1, mode=mode))
+        test_index = stratified_subset(labels, fraction=test_fraction, seed=seed)
+        keep = torch.ones(len(labels), dtype=torch.bool)
+        keep[test_index] = False
+        everything = FileView(reader, torch.arange(len(reader)), size=size, mode=mode)
+        train_view, test_view = everything[keep], everything[test_index]
+        train_labels, test_labels = labels[keep], labels[test_index]
+        classes = _reader_classes(reader)
+    return FileSplits(
+        root.name, train_view, train_labels, test_view, test_labels, len(classes), classes
+    )
+
+
+def _first_size(view: FileView) -> int:
+    from PIL import Image
+
+    file, _ = view.reader[int(view.indices[0])]
+    with file, Image.open(file) as img:
+        return img.size[0]
+
+
+DATA_MODES = ("auto", "memory", "stream")
+MEMORY_CAP_GB = 4.0
+
+
+def open_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    size: int | None = None,
+    seed: int = 0,
+    data_mode: str = "auto",
+    memory_cap_gb: float = MEMORY_CAP_GB,
+) -> ImageSplits | FileSplits:
+    """A dataset by name (mixfast.data.DATASETS) or a path (a folder or a .tar of images).
+
+    Image files are decoded into memory when `data_mode` is "memory", or "auto" and their
+    decoded size is at most `memory_cap_gb`; otherwise they are streamed (FileSplits). The
+    named in-memory datasets (fashion-mnist, tinyimagenet, synthetic) are always in memory."""
+    from mixfast.data.sources import DATASETS, load_dataset
+
+    if data_mode not in DATA_MODES:
+        raise DataError(f"{{data_mode}} must be one of {DATA_MODES}, got {data_mode!r}")
+    if name in DATASETS and name != "imagefolder":
+        if data_mode == "stream":
+            raise DataError(
+                f"{{stream}} reads image files (a folder or a .tar), not {{dataset}} {name}"
+            )
+        return load_dataset(name, data_dir, size=size, seed=seed)
+    root = data_dir if name == "imagefolder" else name
+    if root is None:
+        raise DataError("{dataset} imagefolder needs {data_dir}")
+    if name not in DATASETS and not Path(root).exists():
+        raise DataError(
+            f"{{dataset}} {name!r} is neither one of {DATASETS} nor an existing folder or .tar"
+        )
+    files = open_files(root, size=size, seed=seed)
+    if data_mode == "stream" or (data_mode == "auto" and files.nbytes > memory_cap_gb * 2**30):
+        return files
+    return files.to_memory()
+
+
+__all__ = ["DATA_MODES", "FileImages", "FileSplits", "FileView", "open_dataset", "open_files"]
