@@ -159,3 +159,34 @@ def test_train_on_a_folder_from_the_command_line(sources, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "streamed from files" in done.stderr
     assert json.loads((out / "data.json").read_text())["storage"] == "streamed"
+
+
+def test_shards_hold_the_same_samples_and_their_errors_name_the_shard(sources, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    assert (
+        cli.main(["data", "shard", str(sources / "folder"), str(shards), "--shard-size", "50"]) == 0
+    )
+    info = json.loads((shards / "info.json").read_text())
+    assert [s["count"] for s in info["splits"]["all"]["shards"]] == [50, 50, 20]
+    assert sum(sum(s["labels"]) for s in info["splits"]["all"]["shards"]) == 120
+    with tarfile.open(shards / "shard-000000.tar") as tar:  # WebDataset: key.png + key.cls
+        names = tar.getnames()
+    assert names[0].endswith(".png") and names[1] == names[0][:-4] + ".cls"
+    from_shards = open_dataset(str(shards), data_mode="stream")
+    from_folder = open_dataset(str(sources / "folder"), data_mode="stream")
+    assert from_shards.classes == CLASSES and samples(from_shards) == samples(from_folder)
+    data = prepare_training_data(from_shards, val_fraction=0.0)
+    passes = []
+    for workers in (0, 2):  # forked workers must not share the parent's open tar handles
+        stream = Stream(data.sl_data, 1, batch_size=8, world=1, rank=0, accum=1, seed=0,
+                        device=torch.device("cpu"), num_workers=workers)  # fmt: skip
+        passes.append(torch.cat([stream.next()[0] for _ in range(stream.micro)]))
+    assert torch.equal(passes[0], passes[1])
+    assert cli.main(["data", "shard", str(sources / "folder"), str(shards)]) == 2  # not empty
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    (shards / "shard-000001.tar").write_bytes(b"not a tar at all" * 10)
+    with pytest.raises(DataError, match="shard-000001.tar: the shard is corrupt"):
+        open_dataset(str(shards))
+    (shards / "shard-000001.tar").unlink()
+    with pytest.raises(DataError, match="shard-000001.tar: a shard that .* lists is missing"):
+        open_dataset(str(shards))

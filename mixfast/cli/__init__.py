@@ -1,4 +1,4 @@
-"""The `mixfast` command: train, compare, bench, info (one module per command).
+"""The `mixfast` command: train, compare, data, bench, info (one module per command).
 
 Exit codes: 0 success, 2 bad usage (argparse errors, and any ValueError raised while the run is
 being set up, before training starts), 1 failure. Library errors name settings as {name}; they
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from mixfast.checks import SettingError
-from mixfast.cli import bench, compare, info, train
+from mixfast.cli import bench, compare, data, info, train
 from mixfast.cli.args import UsageError, flag, load_config_defaults
 from mixfast.ops._backend import requested_backend
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mixfast", description="MixTraining (MAE + supervised, mixed) for Vision Transformers"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, compare, bench, info):
+    for command in (train, compare, data, bench, info):
         command.add_parser(sub)
     return parser
 

@@ -28,23 +28,36 @@ STATS_SAMPLE = 1024  # images decoded for the per-channel mean / std (seeded, sa
 STATS_SEED = 4099
 
 
-def _reader(root: Path) -> Any:
+def open_reader(root: Path) -> Any:
+    """timm's reader of a folder of class folders, a .tar of them, or a folder of such tars
+    (shards: checked against their info.json first)."""
     from timm.data.readers import create_reader
+    from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 
+    from mixfast.data.shards import check_shards
+
+    root = Path(root)
     try:
+        if (
+            root.is_dir()
+            and any(root.glob("*.tar"))
+            and not any(p.is_dir() for p in root.iterdir())
+        ):
+            check_shards(root)
+            return ReaderImageInTar(str(root))
         return create_reader("", root=str(root))
     except (RuntimeError, AssertionError, OSError, EOFError, tarfile.TarError) as exc:
         raise DataError(f"{{data_dir}} {root}: cannot read it as an image dataset ({exc})") from exc
 
 
-def _reader_labels(reader: Any) -> torch.Tensor:
+def reader_labels(reader: Any) -> torch.Tensor:
     targets = getattr(reader, "targets", None)  # ReaderImageInTar
     if targets is None:
         targets = [target for _, target in reader.samples]  # ReaderImageFolder
     return torch.as_tensor(list(targets), dtype=torch.int64)
 
 
-def _reader_classes(reader: Any) -> tuple[str, ...]:
+def reader_classes(reader: Any) -> tuple[str, ...]:
     mapping = getattr(reader, "class_to_idx", None) or getattr(reader, "class_name_to_idx", {})
     return tuple(name for name, _ in sorted(mapping.items(), key=lambda item: item[1]))
 
@@ -75,12 +88,33 @@ class FileView:
         return (len(self), 1 if self.mode == "L" else 3, self.size, self.size)
 
     def filename(self, i: int) -> str:
-        return str(self.reader._filename(int(self.indices[i]), absolute=True))
+        """The file of image i; inside a tar: TAR:MEMBER."""
+        index = int(self.indices[i])
+        sample = self.reader.samples[index]
+        if isinstance(sample[0], tarfile.TarInfo):  # timm's ReaderImageInTar: (info, tar, child)
+            tar = Path(self.reader.root) / sample[1] if sample[1] else Path(self.reader.root)
+            return f"{tar}:{sample[0].name}"
+        return str(self.reader._filename(index, absolute=True))
+
+    def _own_handles(self) -> None:
+        """Forget tar handles opened by another process: forked DataLoader workers would share
+        their file offsets (and read each other's bytes)."""
+        reader = self.reader
+        if getattr(reader, "_mixfast_pid", None) == os.getpid():
+            return
+        states = getattr(reader, "tar_state", None)
+        states = list(states.values()) if isinstance(states, dict) else [states]
+        for state in filter(None, states):
+            state.reset()
+            for child in state.children.values():
+                child.reset()
+        reader._mixfast_pid = os.getpid()
 
     def decode(self, i: int) -> torch.Tensor:
         """Image i as uint8 [C, size, size]; a DataError naming the file if it cannot be read."""
         from PIL import Image, UnidentifiedImageError
 
+        self._own_handles()
         try:
             file, _ = self.reader[int(self.indices[i])]
             with file, Image.open(file) as img:
@@ -188,17 +222,17 @@ def open_files(
         raise DataError(f"{{data_dir}} {root} does not exist")
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if root.is_dir() and (root / "train").is_dir() and test_dir is not None:
-        train, test = _reader(root / "train"), _reader(test_dir)
-        if _reader_classes(train) != _reader_classes(test):
+        train, test = open_reader(root / "train"), open_reader(test_dir)
+        if reader_classes(train) != reader_classes(test):
             raise DataError(f"{test_dir}: class folders differ from {root / 'train'}")
         size = size or _first_size(FileView(train, torch.arange(len(train)), size=1, mode=mode))
         train_view = FileView(train, torch.arange(len(train)), size=size, mode=mode)
         test_view = FileView(test, torch.arange(len(test)), size=size, mode=mode)
-        train_labels, test_labels = _reader_labels(train), _reader_labels(test)
-        classes = _reader_classes(train)
+        train_labels, test_labels = reader_labels(train), reader_labels(test)
+        classes = reader_classes(train)
     else:
-        reader = _reader(root)
-        labels = _reader_labels(reader)
+        reader = open_reader(root)
+        labels = reader_labels(reader)
         size = size or _first_size(FileView(reader, torch.arange(len(reader)), size=1, mode=mode))
         test_index = stratified_subset(labels, fraction=test_fraction, seed=seed)
         keep = torch.ones(len(labels), dtype=torch.bool)
@@ -206,7 +240,7 @@ def open_files(
         everything = FileView(reader, torch.arange(len(reader)), size=size, mode=mode)
         train_view, test_view = everything[keep], everything[test_index]
         train_labels, test_labels = labels[keep], labels[test_index]
-        classes = _reader_classes(reader)
+        classes = reader_classes(reader)
     return FileSplits(
         root.name, train_view, train_labels, test_view, test_labels, len(classes), classes
     )
