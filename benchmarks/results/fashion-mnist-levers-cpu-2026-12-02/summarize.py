@@ -36,7 +36,7 @@ def paired(arm: dict[int, dict], base: dict[int, dict], key: str) -> str:
 base = load("base")
 ssl_sl, mix_default = by_cell(base, "ssl+sl"), by_cell(base, "mix")
 arms = ["base"] + sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "base")
-print("# MixTraining levers, Fashion-MNIST 3,600-image pool, 6+6 epochs, 5 seeds (CPU)\n")
+print("# MixTraining levers, Fashion-MNIST 2,700-image pool, 6+6 epochs, 5 seeds (CPU)\n")
 print("Δ = mix arm − ssl+sl (base arm), paired by seed, in top-1 points, mean [95 % t CI].")
 print("Δ default = mix arm − the default mix (base arm). Selection reads val; test is shown.\n")
 print(

@@ -5,13 +5,13 @@
 # sandal, sneaker, ankle boot; bags = bag), both at the cell's label fraction (0.1 and 1.0).
 # Setting "halves": two tasks on disjoint halves of the classes (0-4 and 5-9) with different
 # label fractions (0.1 and 0.5; --fractions 1.0 is then only the run-name label).
-# Pool: the 4,000-image stratified subset of the lever study (400 validation, 3,600 training),
+# Pool: the 3,000-image stratified subset of the lever study (300 validation, 2,700 training),
 # same model and recipe, 6 SSL + 6 SL epochs, data-limited regime.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 HERE=benchmarks/results/fashion-mnist-multitask-cpu-2026-12-02
 OUT=${OUT:-runs/multitask-2026-12-02}
-COMMON=(--dataset fashion-mnist --train-limit 4000 --test-limit 10000 --seeds 0 1 2 3 4
+COMMON=(--dataset fashion-mnist --train-limit 3000 --test-limit 10000 --seeds 0 1 2 3 4
     --ssl-epochs 6 --sl-epochs 6 --batch-size 64 --blr 1e-2 --ssl-blr 1e-2
     --model vit_tiny_patch16_224 --patch-size 7 --depth 3 --embed-dim 64 --num-heads 2
     --decoder-dim 64 --decoder-depth 1 --device cpu --no-progress --resume)
