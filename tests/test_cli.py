@@ -180,7 +180,7 @@ def test_compare_refuses_run_folders_it_would_overwrite(tmp_path):
         (["--fraction", "0"], "--fraction must be in (0, 1]"),
         (["--dataset", "imagefolder"], "--dataset imagefolder needs --data-dir"),
         (["--patch-size", "5"], "--patch-size 5 must divide --img-size 16"),
-        (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["--dataset", "mnist"], "--dataset 'mnist' is neither one of"),
     ],
 )
 def test_train_bad_usage_exits_2(tmp_path, extra, message):
