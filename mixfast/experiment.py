@@ -80,25 +80,7 @@ def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> Tra
     fraction = settings.fraction if fraction is None else fraction
     if not 0.0 < fraction <= 1.0:
         raise SettingError(f"{{fraction}} must be in (0, 1], got {fraction}")
-    specs = task_specs(settings)
-    if specs:
-        if settings.per_class is not None:
-            raise SettingError("{per_class} does not apply with {task}; give fraction= per task")
-        return prepare_task_data(
-            splits,
-            specs,
-            fraction=fraction,
-            train_limit=settings.train_limit,
-            test_limit=settings.test_limit,
-            regime=regime(settings),
-            val_fraction=settings.val_fraction,
-            val_max=settings.val_max,
-            seed=settings.seed,
-        )
-    return prepare_training_data(
-        splits,
-        fraction=fraction,
-        per_class=settings.per_class,
+    split = dict(
         train_limit=settings.train_limit,
         test_limit=settings.test_limit,
         regime=regime(settings),
@@ -106,6 +88,12 @@ def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> Tra
         val_max=settings.val_max,
         seed=settings.seed,
     )
+    specs = task_specs(settings)
+    if specs:
+        if settings.per_class is not None:
+            raise SettingError("{per_class} does not apply with {task}; give fraction= per task")
+        return prepare_task_data(splits, specs, fraction=fraction, **split)
+    return prepare_training_data(splits, fraction=fraction, per_class=settings.per_class, **split)
 
 
 def task_specs(settings: Any) -> list:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mixfast.data.files import FileView
+from mixfast.data.files import FileSplits, FileView
 from mixfast.data.sources import DATASETS, DataError, ImageSplits, resize_splits, stratified_subset
 from mixfast.data.training import (
     REGIMES,
@@ -209,7 +209,7 @@ class _Source:
 
 
 def prepare_task_data(
-    splits: ImageSplits,
+    splits: ImageSplits | FileSplits,
     specs: list[TaskSpec],
     *,
     fraction: float = 1.0,
