@@ -204,6 +204,13 @@ def test_train_resume_and_compare_with_tasks(tmp_path):
     assert json.loads((out / "data.json").read_text())["task"] == tasks[1::2]
     changed = mixfast("train", *TINY, tasks[0], tasks[1], "--out", str(out), "--resume")
     assert changed.returncode == 2 and "--task" in changed.stderr
+    stopped = tmp_path / "stopped"
+    first = mixfast("train", *TINY, *tasks, "--out", str(stopped), "--stop-after", "1")
+    assert first.returncode == 0 and not (stopped / "result.json").exists(), first.stderr
+    resumed = mixfast("train", *TINY, *tasks, "--out", str(stopped), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((stopped / "result.json").read_text())
+    assert result["completed"] and len(result["test_top1_tasks"]) == 2
     report = tmp_path / "cmp"
     done = mixfast("compare", *TINY, *tasks, "--fractions", "0.5", "--seeds", "0", "1",
                    "--out", str(report), "--no-warmup")  # fmt: skip
