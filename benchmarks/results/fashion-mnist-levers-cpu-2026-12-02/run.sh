@@ -4,7 +4,7 @@
 # ssl+sl arm is the baseline every mix arm is paired with (same seeds, data, initial weights).
 # Pool: a fixed stratified 3,000-image Fashion-MNIST training subset, 300 (10 %) of it
 # validation, 2,700 the training pool; model and recipe as the protocol
-# (../fashion-mnist-protocol-cpu-2026-12-01/) but 6 SSL + 6 SL epochs, so that 5 arms fit in
+# (../fashion-mnist-protocol-cpu-2026-12-01/) but 6 SSL + 6 SL epochs, so that 4 arms fit in
 # about 40 minutes of a shared 2-core machine. Test top-1 is recorded by every run but the
 # summary reads validation.
 set -euo pipefail
@@ -25,9 +25,8 @@ arm() {  # arm NAME PIPELINES... -- FLAGS...
 }
 arm base ssl+sl mix --
 arm masked-view mix -- --sl-view masked
-arm cosine mix -- --transition cosine
 arm rho-1 mix -- --mix-ratio 1.0
-arm no-layer-decay mix -- --layer-decay 1.0
+arm cosine mix -- --transition cosine
 python benchmarks/results/fashion-mnist-levers-cpu-2026-12-02/summarize.py "$OUT" \
     > benchmarks/results/fashion-mnist-levers-cpu-2026-12-02/levers.md
 for d in "$OUT"/*/; do
