@@ -6,6 +6,9 @@ them."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -190,3 +193,30 @@ def test_shards_hold_the_same_samples_and_their_errors_name_the_shard(sources, t
     (shards / "shard-000001.tar").unlink()
     with pytest.raises(DataError, match="shard-000001.tar: a shard that .* lists is missing"):
         open_dataset(str(shards))
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_folder_train_as_one(sources, tmp_path):
+    """torchrun, 2 ranks x batch 8 over streamed files (1 worker each) == 1 process x batch 8 x
+    2 accumulation steps: the ranks' shares cover the pass once, and the training is the same."""
+    from test_ddp import free_port
+
+    flags = ["train", "--dataset", str(sources / "folder"), "--stream", "--num-workers", "1",
+             "--pipeline", "sl", "--sl-epochs", "2", "--batch-size", "8", "--blr", "5e-3",
+             "--patch-size", "4", "--depth", "1", "--embed-dim", "32", "--num-heads", "2",
+             "--device", "cpu", "--no-compile", "--no-progress", "--label-smoothing", "0"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               "-m", "mixfast", *flags, "--out", str(tmp_path / "ddp")]  # fmt: skip
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = mixfast(*flags, "--accum-steps", "2", "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    ddp, one = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("ddp", "one"))
+    assert ddp["sample_passes"] == one["sample_passes"] and ddp["global_step"] == one["global_step"]
+    labeled = json.loads((tmp_path / "one" / "data.json").read_text())["labeled"]
+    assert ddp["sample_passes"]["sl"] == 2 * (labeled // 16 * 16)  # 2 epochs, whole batches
+    losses = [[row["loss"] for row in r["epochs"]] for r in (ddp, one)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert ddp["test_top1"] == pytest.approx(one["test_top1"])
