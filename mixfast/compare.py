@@ -112,7 +112,8 @@ def warm_up(args: argparse.Namespace, base: Any, splits: Any) -> None:
     settings = argparse.Namespace(**{**vars(args), "fraction": 1.0})
     data = experiment.prepare_data(splits, settings)
     few = 2 * base.batch_size
-    tiny = [dataset_of(s.images[:few], s.labels[:few], s.mean, s.std) for s in data.fit_inputs()[1]]
+    heads = [task.sl_data for task in data.tasks]
+    tiny = [dataset_of(s.images[:few], s.labels[:few], s.mean, s.std) for s in heads]
     for pipeline in args.pipelines:
         config = dataclasses.replace(
             base, pipeline=pipeline, ssl_epochs=1, sl_epochs=1, mix_ratio=1.0, out=None

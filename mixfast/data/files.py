@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mixfast.data.sources import DataError, ImageSplits, stratified_subset
+from mixfast.data.sources import (
+    DATASETS,
+    DataError,
+    ImageSplits,
+    load_dataset,
+    stratified_subset,
+)
 
 STATS_SAMPLE = 1024  # images decoded for the per-channel mean / std (seeded, same in both modes)
 STATS_SEED = 4099
@@ -67,6 +73,11 @@ class FileView:
 
     def __init__(self, reader: Any, indices: torch.Tensor, *, size: int, mode: str) -> None:
         self.reader, self.indices, self.size, self.mode = reader, indices, size, mode
+
+    @classmethod
+    def whole(cls, reader: Any, *, size: int, mode: str) -> FileView:
+        """Every image of `reader`."""
+        return cls(reader, torch.arange(len(reader)), size=size, mode=mode)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -170,6 +181,7 @@ class FileSplits:
     test_labels: torch.Tensor
     num_classes: int
     classes: tuple[str, ...] = ()
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # mean_std, once computed
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -183,14 +195,17 @@ class FileSplits:
 
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of a seeded sample of the training images, in [0, 1] units
-        (the same in-memory or streamed, so both train alike)."""
+        (the same in-memory or streamed, so both train alike); decoded once, then kept."""
+        if self.stats is not None:
+            return self.stats
         count = min(STATS_SAMPLE, len(self.train_images))
         gen = torch.Generator().manual_seed(STATS_SEED)
         pick = torch.randperm(len(self.train_images), generator=gen)[:count].sort().values
         pixels = self.train_images[pick].load().double() / 255.0
         mean = pixels.mean(dim=(0, 2, 3))
         std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
-        return tuple(mean.tolist()), tuple(std.tolist())
+        self.stats = tuple(mean.tolist()), tuple(std.tolist())
+        return self.stats
 
     def to_memory(self) -> ImageSplits:
         """Decode both splits (ImageSplits: the in-memory path); keeps the sampled mean / std."""
@@ -225,19 +240,19 @@ def open_files(
         train, test = open_reader(root / "train"), open_reader(test_dir)
         if reader_classes(train) != reader_classes(test):
             raise DataError(f"{test_dir}: class folders differ from {root / 'train'}")
-        size = size or _first_size(FileView(train, torch.arange(len(train)), size=1, mode=mode))
-        train_view = FileView(train, torch.arange(len(train)), size=size, mode=mode)
-        test_view = FileView(test, torch.arange(len(test)), size=size, mode=mode)
+        size = size or _first_size(train)
+        train_view = FileView.whole(train, size=size, mode=mode)
+        test_view = FileView.whole(test, size=size, mode=mode)
         train_labels, test_labels = reader_labels(train), reader_labels(test)
         classes = reader_classes(train)
     else:
         reader = open_reader(root)
         labels = reader_labels(reader)
-        size = size or _first_size(FileView(reader, torch.arange(len(reader)), size=1, mode=mode))
+        size = size or _first_size(reader)
         test_index = stratified_subset(labels, fraction=test_fraction, seed=seed)
         keep = torch.ones(len(labels), dtype=torch.bool)
         keep[test_index] = False
-        everything = FileView(reader, torch.arange(len(reader)), size=size, mode=mode)
+        everything = FileView.whole(reader, size=size, mode=mode)
         train_view, test_view = everything[keep], everything[test_index]
         train_labels, test_labels = labels[keep], labels[test_index]
         classes = reader_classes(reader)
@@ -246,10 +261,11 @@ def open_files(
     )
 
 
-def _first_size(view: FileView) -> int:
+def _first_size(reader: Any) -> int:
+    """The width of the reader's first image (the default side of every image)."""
     from PIL import Image
 
-    file, _ = view.reader[int(view.indices[0])]
+    file, _ = reader[0]
     with file, Image.open(file) as img:
         return img.size[0]
 
@@ -272,8 +288,6 @@ def open_dataset(
     Image files are decoded into memory when `data_mode` is "memory", or "auto" and their
     decoded size is at most `memory_cap_gb`; otherwise they are streamed (FileSplits). The
     named in-memory datasets (fashion-mnist, tinyimagenet, synthetic) are always in memory."""
-    from mixfast.data.sources import DATASETS, load_dataset
-
     if data_mode not in DATA_MODES:
         raise DataError(f"{{data_mode}} must be one of {DATA_MODES}, got {data_mode!r}")
     if name in DATASETS and name != "imagefolder":

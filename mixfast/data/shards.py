@@ -35,7 +35,7 @@ def write_shards(src: str | Path, dst: str | Path, *, shard_size: int = 1000) ->
         parts, classes = {"train": splits.train_images, "val": splits.test_images}, splits.classes
     else:  # one split: every image; the held-out part is carved when the shards are read
         reader = open_reader(src)
-        parts = {"": FileView(reader, torch.arange(len(reader)), size=1, mode="RGB")}
+        parts = {"": FileView.whole(reader, size=1, mode="RGB")}
         classes = reader_classes(reader)
     info = {"classes": list(classes), "splits": {}}
     for name, view in parts.items():

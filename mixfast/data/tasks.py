@@ -275,7 +275,7 @@ def _load_source(spec: TaskSpec, splits: ImageSplits, load) -> tuple[ImageSplits
         other = load(spec.dataset, spec.data_dir, size=splits.image_shape[1])
         other, note = adapt_splits(other, splits.image_shape)
     except DataError as exc:
-        raise _bad(spec.text, str(exc).replace("{", "").replace("}", "")) from None
+        raise _bad(spec.text, str(exc)) from None
     return other, f"{spec.dataset}{', ' + note if note else ''}"
 
 

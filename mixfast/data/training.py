@@ -198,7 +198,8 @@ class TrainingData:
         if len(self.tasks) > 1:
             tasks = "; ".join(t.summary() for t in self.tasks)
             return (
-                f"{self.regime}: SSL on {ssl}; {len(self.tasks)} tasks: {tasks}; images {c}x{h}x{w}"
+                f"{self.regime}: SSL on {ssl}; {len(self.tasks)} tasks: {tasks}; "
+                f"images {c}x{h}x{w}{streamed}"
             )
         val = 0 if self.val_data is None else len(self.val_data)
         return (

@@ -80,9 +80,7 @@ class InMemory:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 rows of an ImageDataset -> normalised float; anything else unchanged."""
-        if images.dtype != torch.uint8 or self.mean is None:
-            return images
-        return normalize(images, self.mean, self.std)
+        return normalize_uint8(images, self)
 
 
 class Stream:
@@ -201,9 +199,7 @@ class Stream:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batches of an ImageDataset or of files (FileImages) -> normalised float."""
-        if self.memory is not None:
-            return self.memory.normalize(images)
-        return normalize_uint8(images, self.source)
+        return normalize_uint8(images, self.memory or self.source)
 
     def sample(self, count: int = 2) -> Batch:
         """A few samples, without moving the stream (for the DDP unused-parameter probe)."""
@@ -232,14 +228,14 @@ class EvalBatches:
                 yield images.to(self.device), labels.to(self.device)
             return
         index = torch.arange(self.rank, len(self.data), self.world)
+        source = self.memory or self.data  # what knows the mean / std
         for part in index.split(self.batch):
             if self.memory is not None:
-                images, labels = self.memory.gather(part)
-                images = self.memory.normalize(images)
+                images, labels = self.memory.gather(part)  # on the memory's device
             else:
                 images, labels = split_batch(default_collate([self.data[int(i)] for i in part]))
-                images = normalize_uint8(images.to(self.device), self.data)
-            yield images.to(self.device), labels.to(self.device)
+                images = images.to(self.device)
+            yield normalize_uint8(images, source).to(self.device), labels.to(self.device)
 
 
 def num_classes(data: Dataset | DataLoader) -> int:
