@@ -171,7 +171,10 @@ def main() -> None:
             "tqdm",
             "matplotlib",
         ],
-        extras_require={"test": ["pytest", "pytest-benchmark", "ruff"]},
+        extras_require={
+            "hf": ["datasets"],  # hfds/ sources
+            "test": ["pytest", "pytest-benchmark", "ruff", "datasets"],
+        },
         entry_points={"console_scripts": ["mixfast=mixfast.cli:main"]},
         zip_safe=False,
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 from mixfast import experiment
 from mixfast.checkpoint import read_json, write_json
+from mixfast.checks import SettingError
 from mixfast.data import dataset_of
 from mixfast.train import train
 
@@ -121,6 +122,31 @@ def warm_up(args: argparse.Namespace, base: Any, splits: Any) -> None:
         config = dataclasses.replace(config, progress=False, resume=False)
         model = experiment.build_model(settings, data, base.seed)
         train(config, model, None, tiny, None)
+
+
+def check_cells(args: argparse.Namespace, base: Any, splits: Any) -> None:
+    """Before any work: every run of the grid has a batch of data and a plan that can be made
+    (each regime and fraction's data, with the first seed: sizes do not depend on it)."""
+    datas: dict[tuple, Any] = {}
+    checked = set()
+    for cell in grid(args):
+        if (cell.regime, cell.fraction, cell.budget, cell.pipeline) in checked:
+            continue
+        checked.add((cell.regime, cell.fraction, cell.budget, cell.pipeline))
+        cell_args = cell_settings(args, cell)
+        if (cell.regime, cell.fraction) not in datas:
+            datas[cell.regime, cell.fraction] = experiment.prepare_data(
+                splits, cell_args, fraction=cell.fraction
+            )
+        data = datas[cell.regime, cell.fraction]
+        config = cell_config(cell, base, Path(args.out) / cell.name, resume=False)
+        try:
+            experiment.check_data_fits(cell_args, config, data, config.mask_ratio)
+            experiment.with_augment(config, data, cell_args)
+        except SettingError as exc:
+            where = f"{cell.pipeline}, {cell.regime}, fraction {cell.fraction}"
+            budget = "" if cell.budget is None else f", budget {cell.budget}"
+            raise SettingError(f"{exc.template} ({where}{budget})") from exc
 
 
 def run_all(

@@ -63,7 +63,8 @@ def load_data(settings: Any, *, fraction: float | None = None) -> TrainingData:
 
 
 def open_source(settings: Any):
-    """settings: dataset (a name or a path), data_dir, img_size, seed, data_mode, memory_cap_gb."""
+    """settings: dataset (a name, a path or a specifier), data_dir, img_size, seed, data_mode,
+    memory_cap_gb, skip_bad, num_workers."""
     return open_dataset(
         settings.dataset,
         settings.data_dir,
@@ -71,6 +72,8 @@ def open_source(settings: Any):
         seed=settings.seed,
         data_mode=getattr(settings, "data_mode", "auto"),
         memory_cap_gb=getattr(settings, "memory_cap_gb", MEMORY_CAP_GB),
+        skip_bad=getattr(settings, "skip_bad", False),
+        workers=getattr(settings, "num_workers", 0),
     )
 
 
@@ -145,9 +148,12 @@ def build_model(settings: Any, data: TrainingData, seed: int) -> nn.Module:
 
 def with_augment(config, data: TrainingData, settings: Any):
     """Hand the trainer the on-device batch augmentation when settings.augment."""
+    scale = getattr(settings, "augment_scale", 0.5)
+    if not 0.0 < scale <= 1.0:
+        raise SettingError(f"{{augment_scale}} must be in (0, 1], got {scale}")
     if not settings.augment:
         return config
-    return dataclasses.replace(config, augment=data.augment(seed=config.seed))
+    return dataclasses.replace(config, augment=data.augment(seed=config.seed, scale=(scale, 1.0)))
 
 
 def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[str, Any]:
@@ -161,9 +167,12 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
         "test_limit": settings.test_limit,
         "regime": data.regime,
         "storage": data.storage,
+        "skipped_bad": len(data.skipped),
+        "skipped_files": list(data.skipped[:SKIPPED_LISTED]),
         "val_fraction": settings.val_fraction,
         "val_max": settings.val_max,
         "augment": bool(settings.augment),
+        "augment_scale": getattr(settings, "augment_scale", 0.5),
         "labeled": len(data.sl_data),
         "validation": 0 if data.val_data is None else len(data.val_data),
         "test": len(data.test_data),
@@ -179,10 +188,12 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
     }
 
 
+SKIPPED_LISTED = 100  # unreadable files named in data.json (all are counted)
+
 # data.json keys that restate a setting (the rest are counts derived from the data)
 DATA_SETTING_KEYS = (
     "dataset", "data_dir", "fraction", "per_class", "train_limit", "test_limit", "regime",
-    "val_fraction", "val_max", "augment", "model", "task",
+    "val_fraction", "val_max", "augment", "augment_scale", "model", "task",
 )  # fmt: skip
 
 
@@ -243,6 +254,9 @@ def check_data_fits(settings: Any, config, data: TrainingData, mask_ratio: float
         raise SettingError(
             f"{{task_weights}} has {len(weights)} weights for {len(data.tasks)} task(s)"
         )
+    ssl_size = len(data.ssl_data if data.ssl_data is not None else data.tasks[0].sl_data)
+    sl_size = max(len(task.sl_data) for task in data.tasks)
+    config.schedule().epoch_steps(ssl_size // batch, sl_size // batch)  # the plan can be made
     kwargs = model_kwargs(settings, data)
     patches = (kwargs["img_size"] // kwargs["patch_size"]) ** 2
     if config.pipeline != "sl" and num_kept(patches, mask_ratio) < 1:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mixfast.checks import check_int
+from mixfast.checks import SettingError, check_int
 
 PHASES = ("ssl", "mix", "sl")
 TRANSITIONS = ("linear", "cosine", "constant")
@@ -127,6 +127,14 @@ class MixSchedule:
         mix_ssl = self.mix_epochs * sl_steps
         ssl_epochs = self.ssl_epochs - self.mix_epochs
         ssl_total = max(self.ssl_epochs * ssl_steps - mix_ssl, 0)
+        if ssl_total > 0 and ssl_epochs == 0:
+            raise SettingError(
+                f"{{mix_ratio}} {self.mix_ratio} makes all {self.ssl_epochs} SSL epochs mix "
+                f"epochs, which leaves no SSL-only epoch for the {ssl_total} SSL steps the mix "
+                "phase does not make (the SSL data is larger than the labeled data, e.g. "
+                f"semi-supervised); the mix phase may take at most {self.ssl_epochs - 1} "
+                "epochs: lower {mix_ratio} or raise {ssl_epochs}"
+            )
         steps = []
         for spec in self.epochs():
             if spec.phase == "ssl":

@@ -43,6 +43,8 @@ CLI_CASES = [
     (["--resume"], "--resume"),
     (["--out", ""], "--out must name a folder"),
     (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--augment", "--augment-scale", "0"], "--augment-scale must be in (0, 1], got 0.0"),
+    (["--augment-scale", "1.5"], "--augment-scale must be in (0, 1], got 1.5"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append((["--device", "cuda"], "CUDA is not available"))
@@ -124,3 +126,26 @@ def test_nothing_is_written_by_a_refused_run(tmp_path):
     before = sorted(os.listdir(tmp_path))
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "r"), "--blr", "-1"]) == 2
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_compare_checks_the_augmentation_before_any_work(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    flags = ["--pipelines", "sl", "--fractions", "0.5", "--augment", "--augment-scale", "2"]
+    assert cli.main(["compare", *TINY, *flags, "--out", str(out)]) == 2
+    assert "--augment-scale must be in (0, 1], got 2.0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_augment_scale_sets_the_crop_area():
+    import argparse
+
+    from mixfast import experiment
+    from mixfast.data import prepare_training_data
+    from mixfast.data.sources import load_dataset
+
+    data = prepare_training_data(load_dataset("synthetic", None, size=16), fraction=1.0)
+    config = TrainConfig(ssl_epochs=0, sl_epochs=1)
+    settings = argparse.Namespace(augment=True, augment_scale=0.8)
+    assert experiment.with_augment(config, data, settings).augment.scale == (0.8, 1.0)
+    settings.augment = False
+    assert experiment.with_augment(config, data, settings).augment is None

@@ -82,7 +82,8 @@ def test_auto_mode_streams_above_the_memory_cap(sources, monkeypatch):
     assert isinstance(splits, FileSplits)
     data = prepare_training_data(splits, fraction=0.5, regime="semi-supervised")
     assert data.storage == "streamed" and "streamed from files" in data.summary()
-    config = TrainConfig(pipeline="mix", ssl_epochs=1, sl_epochs=1, batch_size=8, device="cpu",
+    # 2 SSL epochs: the mix epoch takes one, the other makes the larger pool's extra passes
+    config = TrainConfig(pipeline="mix", ssl_epochs=2, sl_epochs=1, batch_size=8, device="cpu",
                          compile=False, progress=False, num_workers=2)  # fmt: skip
     result = train(config, tiny_model(), *data.fit_inputs())
     assert result.completed and result.test_top1 is not None

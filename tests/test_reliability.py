@@ -215,3 +215,19 @@ def test_ctrl_c_during_start_up(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(experiment, "load_data", interrupted)
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 130
     assert "interrupted before training started" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_semi_supervised_mix_without_an_ssl_epoch_is_refused(tmp_path, capsys, command):
+    # every SSL epoch a mix epoch leaves the extra SSL passes of the larger pool nowhere to go
+    out = tmp_path / "run"
+    semi = ["--mix-ratio", "1.0", "--out", str(out)]
+    if command == "train":
+        semi += ["--pipeline", "mix", "--regime", "semi-supervised", "--fraction", "0.5"]
+    else:
+        semi += ["--pipelines", "sl", "mix", "--regimes", "semi-supervised", "--fractions", "0.5"]
+    assert cli.main([command, *TINY, *semi]) == 2
+    err = capsys.readouterr().err
+    assert "--mix-ratio 1.0 makes all 1 SSL epochs mix epochs" in err
+    assert "lower --mix-ratio or raise --ssl-epochs" in err
+    assert not out.exists()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from mixfast.checks import SettingError
 from mixfast.schedule import MixSchedule
 
 
@@ -109,3 +110,14 @@ def test_bad_arguments_name_the_argument(kwargs, name):
         MixSchedule(**kwargs)
     with pytest.raises(ValueError, match="pipeline"):
         MixSchedule.for_pipeline("mae", 1, 1)
+
+
+def test_a_plan_with_no_ssl_epoch_for_the_leftover_ssl_steps_is_refused():
+    # same images (data-limited): rho 1 is a whole mix phase, nothing is left over
+    assert MixSchedule(3, 3, 1.0).epoch_steps(ssl_steps=10, sl_steps=10) == [10, 10, 10]
+    # a larger SSL pool (semi-supervised): the 3 x 30 - 3 x 10 SSL steps need an SSL-only epoch
+    with pytest.raises(SettingError, match="mix_ratio 1.0 makes all 3 SSL epochs mix") as info:
+        MixSchedule(3, 3, 1.0).epoch_steps(ssl_steps=30, sl_steps=10)
+    assert "at most 2" in str(info.value)
+    steps = MixSchedule(3, 3, 0.67).epoch_steps(ssl_steps=30, sl_steps=10)  # 2 mix epochs
+    assert steps == [70, 10, 10, 10] and sum(steps[:3]) == 3 * 30

@@ -115,9 +115,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dataset",
         default="fashion-mnist",
-        help=f"one of {', '.join(DATASETS)}, or a folder (ROOT/<class>/<image>, or ROOT/train "
-        "and ROOT/val) or a .tar of class folders, read with timm's readers (default: "
-        "%(default)s)",
+        help=f"one of {', '.join(DATASETS)}; a folder (ROOT/<class>/<image>, or ROOT/train "
+        "and ROOT/val), a .tar of class folders or a folder of tar shards, read with timm's "
+        "readers; wds/FOLDER (tar shards) or hfds/FOLDER (a Hugging Face dataset saved to "
+        "disk) (default: %(default)s)",
     )
     group.add_argument(
         "--data-dir",
@@ -174,6 +175,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode image files into memory once (default: when they fit --memory-cap-gb)",
     )
     group.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="decode every image file once before training and leave out those that do not "
+        "decode (counted, and named in DIR/data.json); default: such a file stops the run "
+        "with an error naming it",
+    )
+    group.add_argument(
         "--memory-cap-gb",
         type=float,
         default=MEMORY_CAP_GB,
@@ -185,6 +193,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help="on-device random resized crop + flip (default: off; it cost accuracy at the "
         "short budgets measured, benchmarks/results/fashion-mnist-recipe-cpu-2026-12-01/)",
+    )
+    group.add_argument(
+        "--augment-scale",
+        type=float,
+        default=0.5,
+        metavar="MIN",
+        help="--augment's crops cover MIN to all of the image's area (default: %(default)s)",
     )
 
 

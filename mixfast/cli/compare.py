@@ -122,6 +122,7 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
     args.regime = args.regimes[0]  # what data.json of the settings describes
     first = experiment.prepare_data(splits, args, fraction=args.fractions[0])
     experiment.model_kwargs(args, first)  # checks the patch grid (and warns) before any work
+    compare.check_cells(args, base, splits)
     settings = {
         "dataset": args.dataset,
         "regimes": args.regimes,

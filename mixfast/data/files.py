@@ -101,6 +101,8 @@ class FileView:
     def filename(self, i: int) -> str:
         """The file of image i; inside a tar: TAR:MEMBER."""
         index = int(self.indices[i])
+        if hasattr(self.reader, "describe"):  # a reader of mixfast's own (hfds/)
+            return self.reader.describe(index)
         sample = self.reader.samples[index]
         if isinstance(sample[0], tarfile.TarInfo):  # timm's ReaderImageInTar: (info, tar, child)
             tar = Path(self.reader.root) / sample[1] if sample[1] else Path(self.reader.root)
@@ -145,12 +147,40 @@ class FileView:
         channels = self.shape[1]
         return data.view(self.size, self.size, channels).permute(2, 0, 1).contiguous()
 
+    def readable(self, workers: int = 0) -> tuple[torch.Tensor, list[str]]:
+        """(bool mask of the images that decode, the files of those that do not), decoding
+        each image once in `workers` DataLoader workers."""
+        from torch.utils.data import DataLoader
+
+        ok = torch.ones(len(self), dtype=torch.bool)
+        loader = DataLoader(_Probe(self), batch_size=64, num_workers=workers)
+        for index, decoded in loader:
+            ok[index] = decoded
+        return ok, [self.filename(i) for i in torch.nonzero(~ok).flatten().tolist()]
+
     def load(self) -> torch.Tensor:
         """Every image, decoded into one uint8 [N, C, S, S] tensor (the in-memory path)."""
         images = torch.empty(self.shape, dtype=torch.uint8)
         for i in range(len(self)):
             images[i] = self.decode(i)
         return images
+
+
+class _Probe(Dataset):
+    """(index, decodes?) of every image of a view."""
+
+    def __init__(self, view: FileView) -> None:
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, index: int) -> tuple[int, bool]:
+        try:
+            self.view.decode(index)
+        except DataError:
+            return index, False
+        return index, True
 
 
 class FileImages(Dataset):
@@ -182,6 +212,23 @@ class FileSplits:
     num_classes: int
     classes: tuple[str, ...] = ()
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # mean_std, once computed
+    skipped: tuple[str, ...] = ()  # unreadable files left out (skip_bad)
+
+    def drop_unreadable(self, workers: int = 0) -> None:
+        """Leave out every image that does not decode (each is decoded once here); their
+        files go to `skipped`."""
+        train_ok, train_bad = self.train_images.readable(workers)
+        test_ok, test_bad = self.test_images.readable(workers)
+        self.train_images, self.train_labels = (
+            self.train_images[train_ok],
+            self.train_labels[train_ok],
+        )
+        self.test_images, self.test_labels = self.test_images[test_ok], self.test_labels[test_ok]
+        self.skipped = (*self.skipped, *train_bad, *test_bad)
+        if not len(self.train_images) or not len(self.test_images):
+            raise DataError(
+                f"{self.name}: no readable image left in a split ({len(self.skipped)} skipped)"
+            )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -218,6 +265,7 @@ class FileSplits:
             self.num_classes,
             self.classes,
             stats=self.mean_std(),
+            skipped=self.skipped,
         )
 
 
@@ -240,25 +288,40 @@ def open_files(
         train, test = open_reader(root / "train"), open_reader(test_dir)
         if reader_classes(train) != reader_classes(test):
             raise DataError(f"{test_dir}: class folders differ from {root / 'train'}")
-        size = size or _first_size(train)
+    else:
+        train, test = open_reader(root), None
+    return splits_of(
+        root.name, train, test, size=size, mode=mode, test_fraction=test_fraction, seed=seed
+    )
+
+
+def splits_of(
+    name: str,
+    train: Any,
+    test: Any | None,
+    *,
+    size: int | None,
+    mode: str,
+    test_fraction: float,
+    seed: int,
+) -> FileSplits:
+    """FileSplits of a train reader and a test reader; without one, a stratified seeded
+    `test_fraction` of the train reader is held out as the test split."""
+    size = size or _first_size(train)
+    classes = reader_classes(train)
+    if test is not None:
         train_view = FileView.whole(train, size=size, mode=mode)
         test_view = FileView.whole(test, size=size, mode=mode)
         train_labels, test_labels = reader_labels(train), reader_labels(test)
-        classes = reader_classes(train)
     else:
-        reader = open_reader(root)
-        labels = reader_labels(reader)
-        size = size or _first_size(reader)
+        labels = reader_labels(train)
         test_index = stratified_subset(labels, fraction=test_fraction, seed=seed)
         keep = torch.ones(len(labels), dtype=torch.bool)
         keep[test_index] = False
-        everything = FileView.whole(reader, size=size, mode=mode)
+        everything = FileView.whole(train, size=size, mode=mode)
         train_view, test_view = everything[keep], everything[test_index]
         train_labels, test_labels = labels[keep], labels[test_index]
-        classes = reader_classes(reader)
-    return FileSplits(
-        root.name, train_view, train_labels, test_view, test_labels, len(classes), classes
-    )
+    return FileSplits(name, train_view, train_labels, test_view, test_labels, len(classes), classes)
 
 
 def _first_size(reader: Any) -> int:
@@ -268,6 +331,37 @@ def _first_size(reader: Any) -> int:
     file, _ = reader[0]
     with file, Image.open(file) as img:
         return img.size[0]
+
+
+SPECIFIERS = ("wds", "hfds", "hfids", "tfds", "tfds-", "wds-")  # timm's reader prefixes
+READ_HERE = {"wds": "a local folder of tar shards", "hfds": "a dataset saved with save_to_disk"}
+
+
+def open_specified(
+    spec: str, data_dir: str | os.PathLike | None, *, size: int | None, seed: int
+) -> FileSplits:
+    """timm's dataset specifiers that name local data: `wds/FOLDER` (tar shards in the
+    WebDataset layout, e.g. from `mixfast data shard`, read map-style: exact, seeded, resumable
+    order) and `hfds/FOLDER` (a saved Hugging Face dataset). As in timm, `data_dir` may hold the
+    folder (`wds/NAME` + data_dir); otherwise the folder is what follows the prefix."""
+    kind, path = spec.split("/", 1)
+    path = str(data_dir) if data_dir is not None else path
+    allowed = "; ".join(f"{k}/PATH: {what}" for k, what in READ_HERE.items())
+    if kind not in READ_HERE or "://" in path or path.startswith("pipe:"):
+        raise DataError(
+            f"{{dataset}} {spec!r}: mixfast reads local data: {allowed} (remote or "
+            "iterable sources: copy or convert them to one of these)"
+        )
+    if not Path(path).exists():
+        raise DataError(f"{{dataset}} {spec!r}: {path} does not exist")
+    if kind == "hfds":
+        from mixfast.data.hf import open_hf
+
+        return open_hf(path, size=size, seed=seed)
+    folder = Path(path) / "train" if (Path(path) / "train").is_dir() else Path(path)
+    if not folder.is_dir() or not any(folder.glob("*.tar")):
+        raise DataError(f"{{dataset}} {spec!r}: {folder} holds no .tar shards")
+    return open_files(path, size=size, seed=seed)
 
 
 DATA_MODES = ("auto", "memory", "stream")
@@ -282,12 +376,18 @@ def open_dataset(
     seed: int = 0,
     data_mode: str = "auto",
     memory_cap_gb: float = MEMORY_CAP_GB,
+    skip_bad: bool = False,
+    workers: int = 0,
 ) -> ImageSplits | FileSplits:
-    """A dataset by name (mixfast.data.DATASETS) or a path (a folder or a .tar of images).
+    """A dataset by name (mixfast.data.DATASETS), a path (a folder or a .tar of images) or a
+    specifier (`wds/`, `hfds/`: see open_specified).
 
     Image files are decoded into memory when `data_mode` is "memory", or "auto" and their
     decoded size is at most `memory_cap_gb`; otherwise they are streamed (FileSplits). The
-    named in-memory datasets (fashion-mnist, tinyimagenet, synthetic) are always in memory."""
+    named in-memory datasets (fashion-mnist, tinyimagenet, synthetic) are always in memory.
+    `skip_bad`: decode every image file once first (in `workers` processes) and leave out
+    those that do not decode (listed in `.skipped`); otherwise such a file stops the run with
+    a DataError naming it when it is read."""
     if data_mode not in DATA_MODES:
         raise DataError(f"{{data_mode}} must be one of {DATA_MODES}, got {data_mode!r}")
     if name in DATASETS and name != "imagefolder":
@@ -296,14 +396,19 @@ def open_dataset(
                 f"{{stream}} reads image files (a folder or a .tar), not {{dataset}} {name}"
             )
         return load_dataset(name, data_dir, size=size, seed=seed)
-    root = data_dir if name == "imagefolder" else name
-    if root is None:
-        raise DataError("{dataset} imagefolder needs {data_dir}")
-    if name not in DATASETS and not Path(root).exists():
-        raise DataError(
-            f"{{dataset}} {name!r} is neither one of {DATASETS} nor an existing folder or .tar"
-        )
-    files = open_files(root, size=size, seed=seed)
+    if "/" in name and name.split("/", 1)[0] in SPECIFIERS:
+        files = open_specified(name, data_dir, size=size, seed=seed)
+    else:
+        root = data_dir if name == "imagefolder" else name
+        if root is None:
+            raise DataError("{dataset} imagefolder needs {data_dir}")
+        if name not in DATASETS and not Path(root).exists():
+            raise DataError(
+                f"{{dataset}} {name!r} is neither one of {DATASETS} nor an existing folder or .tar"
+            )
+        files = open_files(root, size=size, seed=seed)
+    if skip_bad:
+        files.drop_unreadable(workers)
     if data_mode == "stream" or (data_mode == "auto" and files.nbytes > memory_cap_gb * 2**30):
         return files
     return files.to_memory()

@@ -109,11 +109,28 @@ def check_shards(root: Path) -> None:
                 raise DataError(f"{path}: a shard that {info_path} lists is missing")
             try:
                 with tarfile.open(path) as tar:
-                    count = sum(1 for m in tar if m.name.endswith(".cls"))
+                    count = sum(_check_label(tar, m, info["classes"], path) for m in tar)
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise DataError(f"{path}: the shard is corrupt ({exc})") from exc
             if count != shard["count"]:
                 raise DataError(f"{path}: {count} samples, {info_path} says {shard['count']}")
+
+
+def _check_label(tar: tarfile.TarFile, member: tarfile.TarInfo, classes: list, path: Path) -> int:
+    """1 for a `.cls` member whose label is its folder's class index, 0 for other members;
+    a DataError naming SHARD:MEMBER for any other label."""
+    if not member.name.endswith(".cls"):
+        return 0
+    text = tar.extractfile(member).read().decode(errors="replace").strip()
+    folder = member.name.split("/")[0]
+    want = classes.index(folder) if folder in classes else None
+    if not text.isdigit() or int(text) != want:
+        allowed = f"{want} (its folder {folder!r})" if want is not None else "none"
+        raise DataError(
+            f"{path}:{member.name}: label {text!r} is outside the classes of info.json or "
+            f"not its folder's; allowed: {allowed}"
+        )
+    return 1
 
 
 __all__ = ["check_shard_args", "check_shards", "write_shards"]

@@ -53,6 +53,7 @@ class ImageSplits:
     num_classes: int
     classes: tuple[str, ...] = ()
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # mean/std, when fixed
+    skipped: tuple[str, ...] = ()  # unreadable files left out of an image-file source
 
     def __post_init__(self) -> None:
         self.train_labels = self.train_labels.long()

@@ -157,6 +157,7 @@ class TrainingData:
     std: tuple[float, ...]
     regime: str = "data-limited"
     storage: str = "in-memory"  # or "streamed": image files decoded in DataLoader workers
+    skipped: tuple[str, ...] = ()  # unreadable image files left out (skip_bad)
 
     @property
     def sl_data(self) -> ImageDataset:
@@ -195,6 +196,8 @@ class TrainingData:
         ssl = "the labeled images" if self.ssl_data is None else f"{len(self.ssl_data)} images"
         c, h, w = self.image_shape
         streamed = ", streamed from files" if self.storage == "streamed" else ""
+        if self.skipped:
+            streamed += f"; skipped {len(self.skipped)} unreadable image(s), e.g. {self.skipped[0]}"
         if len(self.tasks) > 1:
             tasks = "; ".join(t.summary() for t in self.tasks)
             return (
@@ -291,7 +294,8 @@ def prepare_training_data(
     test_data = dataset_of(test_images, test_labels, mean, std)
     task = TaskData(splits.name, sl_data, val_data, test_data, splits.num_classes)
     storage = "streamed" if isinstance(splits, FileSplits) else "in-memory"
-    return TrainingData(ssl_data, [task], splits.image_shape, mean, std, regime, storage)
+    skipped = tuple(getattr(splits, "skipped", ()))
+    return TrainingData(ssl_data, [task], splits.image_shape, mean, std, regime, storage, skipped)
 
 
 def _limit(labels: torch.Tensor, total: int, num_classes: int) -> torch.Tensor:

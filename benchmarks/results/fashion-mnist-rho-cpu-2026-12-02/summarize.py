@@ -1,0 +1,61 @@
+"""The rho study's table: each arm's mix runs paired by seed with the protocol's ssl+sl runs
+and with its default mix (rho 0.5) runs, per regime and fraction; validation top-1 (where
+choices are read) and test top-1 (read once per run) beside it.
+
+    python summarize.py benchmarks/results/fashion-mnist-rho-cpu-2026-12-02 > rho.md
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from mixfast.stats import paired_diff
+
+here = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
+protocol = here.parent / "fashion-mnist-protocol-cpu-2026-12-01" / "compare.json"
+
+
+def by_cell(path: Path, pipeline: str) -> dict[tuple, dict[int, dict]]:
+    cells: dict[tuple, dict[int, dict]] = {}
+    for run in json.loads(path.read_text())["runs"]:
+        if run["pipeline"] == pipeline:
+            cells.setdefault((run["regime"], run["fraction"]), {})[run["seed"]] = run
+    return cells
+
+
+def paired(arm: dict[int, dict], base: dict[int, dict], key: str) -> str:
+    seeds = sorted(set(arm) & set(base))
+    if len(seeds) < 2:
+        return "n/a"
+    d = paired_diff([100 * arm[s][key] for s in seeds], [100 * base[s][key] for s in seeds])
+    return f"{d.mean:+.2f} [{d.t_low:+.2f}, {d.t_high:+.2f}]"
+
+
+ssl_sl, mix_default = by_cell(protocol, "ssl+sl"), by_cell(protocol, "mix")
+print("# rho at the protocol's scale: Fashion-MNIST 10,000-image pool, 10+10 epochs, 5 seeds (CPU)\n")
+print("Δ = the arm's mix − the protocol's ssl+sl (or its rho 0.5 mix), paired by seed, top-1")
+print("points, mean [95 % t CI]. Choices read val; test is read once per run and shown.")
+print("The cost is the FLOPs ratio; the wall ratio sets runs of two days against each other")
+print("(other load, other masking code for most ssl+sl runs): indicative only.\n")
+print(
+    "| arm | regime | fraction | n | mix val | Δ val vs ssl+sl | Δ val vs rho 0.5 mix "
+    "| mix test | Δ test vs ssl+sl | FLOPs ratio | train wall ratio |"
+)
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for arm_dir in sorted(p for p in here.iterdir() if (p / "compare.json").exists()):
+    mix = by_cell(arm_dir / "compare.json", "mix")
+    for cell in sorted(mix):
+        runs, base = mix[cell], ssl_sl.get(cell, {})
+        seeds = sorted(set(runs) & set(base))
+        val = sum(r["val_top1"] for r in runs.values()) / len(runs)
+        test = sum(r["top1"] for r in runs.values()) / len(runs)
+        flops = sum(runs[s]["flops"] / base[s]["flops"] for s in seeds) / max(len(seeds), 1)
+        wall = sum(
+            runs[s]["result"]["train_wall_s"] / base[s]["result"]["train_wall_s"] for s in seeds
+        ) / max(len(seeds), 1)
+        print(
+            f"| {arm_dir.name} | {cell[0]} | {cell[1]:g} | {len(runs)} | {100 * val:.2f} "
+            f"| {paired(runs, base, 'val_top1')} "
+            f"| {paired(runs, mix_default.get(cell, {}), 'val_top1')} | {100 * test:.2f} "
+            f"| {paired(runs, base, 'top1')} | {flops:.2f} | {wall:.2f} |"
+        )
