@@ -1,7 +1,9 @@
-"""Launches per training step, for each phase (ssl, mix, sl) and mode (eager, compiled).
+"""Launches per training step, for each phase (ssl, mix, sl) and mode (eager, compiled,
+graphed: whole-step CUDA graphs, and compiled+graphed).
 
 The trainer's own step (MixTrainer._train_step: forward, backward, the one GroupedAdamW call,
-the loss and metric sums) on synthetic data, counted from the third step of each phase on:
+the loss and metric sums) on synthetic data, counted on the third step of each phase (the
+sixth with graphs: 3 warm-up steps and the capture come first):
 
   cuda  kernels the GPU ran in the step (torch.profiler device events) and the host's launch
         calls (cudaLaunchKernel / cuLaunchKernel / cudaGraphLaunch runtime events)
@@ -9,7 +11,7 @@ the loss and metric sums) on synthetic data, counted from the third step of each
         (views and other metadata ops excluded; TorchDispatchMode); for compiled steps this
         counts what runs outside inductor's generated code
 
-Script:  python benchmarks/bench_launches.py [--device cuda] [--modes eager compiled]
+Script:  python benchmarks/bench_launches.py [--device cuda] [--modes eager compiled graphed]
          [--depth 12] [--json OUT.json]
 pytest:  pytest benchmarks/bench_launches.py   (tiny model, eager, CPU)
 """
@@ -31,7 +33,7 @@ from mixfast.model import create_model
 from mixfast.train import MixTrainer, TrainConfig
 
 PHASES = ("ssl", "mix", "sl")
-MODES = ("eager", "compiled")
+MODES = ("eager", "compiled", "graphed", "compiled+graphed")
 METADATA_OPS = {
     "view", "_unsafe_view", "reshape", "expand", "permute", "transpose", "t", "unsqueeze",
     "squeeze", "slice", "select", "split", "split_with_sizes", "unbind", "as_strided", "alias",
@@ -67,13 +69,15 @@ def cuda_counts(step) -> dict[str, int]:
 
 
 def count_steps(device: str, mode: str, depth: int, batch: int) -> dict[str, dict[str, int]]:
-    """Counts of the third step of each phase of a 3-epoch mix plan (SSL -> MIX -> SL)."""
+    """Counts of one step of each phase of a 3-epoch mix plan (SSL -> MIX -> SL)."""
     counts: dict[str, list[dict[str, int]]] = defaultdict(list)
+    graphed = mode.endswith("graphed")
+    counted_step = 5 if graphed else 2
     train_step = MixTrainer._train_step
 
     def counted(self, phase, net, loss_fn):
         step = partial(train_step, self, phase, net, loss_fn)
-        if len(counts[phase]) < 2:  # optimizer state, compilation, autotuning: not counted
+        if len(counts[phase]) != counted_step:  # optimizer state, compilation, capture
             counts[phase].append({})
             return step()
         if device.startswith("cuda"):
@@ -86,21 +90,22 @@ def count_steps(device: str, mode: str, depth: int, batch: int) -> dict[str, dic
         return None
 
     torch.manual_seed(0)
-    images = torch.randn(4 * batch, 3, 64, 64)
-    labels = torch.randint(0, 10, (4 * batch,))
+    images = torch.randn(8 * batch, 3, 64, 64)
+    labels = torch.randint(0, 10, (8 * batch,))
     model = create_model(
         "vit_tiny_patch16_224", img_size=64, patch_size=8, num_classes=10, depth=depth
     )
     config = TrainConfig(
         pipeline="mix", ssl_epochs=2, sl_epochs=2, mix_ratio=0.5, batch_size=batch,
-        device=device, compile=mode == "compiled", progress=False, log_every=1000,
+        device=device, compile=mode.startswith("compiled"), cuda_graph=graphed, progress=False,
+        log_every=1000,
     )  # fmt: skip
     MixTrainer._train_step = counted
     try:
         MixTrainer(model, config).fit(None, TensorDataset(images, labels))
     finally:
         MixTrainer._train_step = train_step
-    return {phase: counts[phase][2] for phase in PHASES}
+    return {phase: counts[phase][counted_step] for phase in PHASES}
 
 
 def points(device: str, modes, depth: int, batch: int) -> Iterator[harness.Point]:

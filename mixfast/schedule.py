@@ -115,6 +115,14 @@ class MixSchedule:
             return 1.0 - t
         return 0.5 * (1.0 + math.cos(math.pi * t))
 
+    def alpha_range(self, spec: EpochSpec, steps_per_epoch: int) -> list[float] | None:
+        """[a(t) of the first step, of the last step] of a mix epoch; None for other phases."""
+        if spec.phase != "mix":
+            return None
+        first = spec.phase_epoch * steps_per_epoch
+        total = self.mix_epochs * steps_per_epoch
+        return [self.alpha(first, total), self.alpha(first + steps_per_epoch - 1, total)]
+
     def epoch_steps(self, ssl_steps: int, sl_steps: int) -> list[int]:
         """Optimizer steps of every epoch of the plan, so that every pipeline makes the same
         sample passes per objective: E_ssl x ssl_steps SSL steps and E_sl x sl_steps SL steps.

@@ -37,6 +37,14 @@ CHOICES = {
 SWITCHES = {  # field -> (flag, argparse kwargs)
     "compile": ("--no-compile", dict(action="store_const", const=False)),
     "amp": ("--no-amp", dict(action="store_false")),
+    "cuda_graph": (
+        "--cuda-graph",
+        dict(
+            action="store_true",
+            help="capture each phase's whole step in a CUDA graph and replay it (CUDA, one "
+            "process, no accumulation; otherwise steps eagerly with a warning)",
+        ),
+    ),
     "progress": ("--no-progress", dict(action="store_false")),
     "resume": ("--resume", dict(action="store_true", help="continue from OUT/last.pt")),
 }

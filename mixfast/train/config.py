@@ -22,7 +22,7 @@ COMPILE = ("auto", True, False)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 # Settings that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "progress", "log_every", "num_workers", "stop_after", "device"}
-RESUMABLE |= {"compile", "compile_backend", "augment"}
+RESUMABLE |= {"compile", "compile_backend", "augment", "cuda_graph"}
 STAGES = {"pretrain": ("ssl",), "finetune": ("mix", "sl")}  # optimizer stage -> its phases
 
 
@@ -57,6 +57,7 @@ class TrainConfig:
     compile: bool | str = "auto"  # "auto": torch.compile the step on CUDA only
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager" to debug)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    cuda_graph: bool = False  # capture each phase's whole step once, replay it (CUDA only)
     out: str | None = None  # run folder; None writes nothing
     resume: bool = False
     nonfinite: str = "stop"  # "stop" | "skip"
@@ -74,6 +75,7 @@ class TrainConfig:
         check_choice("sl_view", self.sl_view, SL_VIEWS)
         check_choice("nonfinite", self.nonfinite, NONFINITE)
         check_choice("compile", self.compile, COMPILE)
+        check_choice("cuda_graph", self.cuda_graph, (True, False))
         check_int("ssl_epochs", self.ssl_epochs, 0)
         check_int("sl_epochs", self.sl_epochs, 1)
         if self.pipeline != "sl" and self.ssl_epochs < 1:
@@ -187,6 +189,22 @@ def resolve_plan(
             ssl_steps=ssl_steps, sl_steps=sl_steps, batch_size=eff, tasks=tasks
         ),
     }
+
+
+def check_resumable(config: TrainConfig, steps: dict[str, int], state: dict[str, Any]) -> None:
+    """A checkpoint's run may continue under `config` with data of `steps` per epoch."""
+    changed = config.changed_on_resume(state["config"])
+    if changed:
+        diff = ", ".join(f"{k}: {state['config'][k]!r} -> {getattr(config, k)!r}" for k in changed)
+        raise ValueError(f"resume: the run was started with other settings ({diff})")
+    saved_steps = state["resolved"].get("steps_per_epoch")
+    if saved_steps != steps:
+        raise ValueError(
+            f"resume: the data differ from the run's: steps per epoch {saved_steps} in the "
+            f"checkpoint, {steps} now (another dataset, label fraction, validation "
+            "split, SSL pool or batch size, or a checkpoint of an older mixfast); resume with "
+            "the run's settings or start a new run"
+        )
 
 
 def stage_of(phase: str) -> str:

@@ -66,6 +66,21 @@ class Meters:
         if step_done:
             s["step"] += 1
 
+    def add_epoch_to(
+        self, totals: dict[str, Any], phase: str, eval_s: float, *, per: int, tasks: int
+    ) -> tuple[int, int]:
+        """Add this epoch's wall times and sample passes to the run's `totals`; returns the
+        (SSL, SL) samples it passed (`per` samples per objective per micro-batch, `tasks`
+        labeled streams)."""
+        ssl_n = self.micro * per if phase != "sl" else 0
+        sl_n = self.micro * per * tasks if phase != "ssl" else 0
+        totals["phase_wall_s"][phase] += self.train_s
+        totals["eval_wall_s"] += eval_s
+        totals["wall_s"] += self.train_s + eval_s
+        totals["sample_passes"]["ssl"] += ssl_n
+        totals["sample_passes"]["sl"] += sl_n
+        return ssl_n, sl_n
+
     def first_nonfinite(self) -> tuple[int, float] | None:
         """(step, loss) of the first non-finite loss on any rank (step -1: another rank's)."""
         flag = self.dist.all_max(self.sums["bad"].to(torch.int32))

@@ -9,6 +9,8 @@ a fresh one for fine-tuning (blr 1e-3, betas 0.9/0.999, layer-wise lr decay). Th
 the "pretrain" stage and the mix phase opens the "finetune" stage, which runs through the SL
 phase with one AdamW and one warmup + cosine schedule. So rho = 0 is MAE's recipe unchanged.
 
+CUDA graphs (`cuda_graph`): each phase's whole step captured once and replayed (graphs.py).
+
 Host syncs: none in the hot path (meters.py). `nonfinite="stop"` notices a NaN/inf loss up to
 `log_every` steps late, names its first step, and keeps DIR/last.pt the last good checkpoint;
 `nonfinite="skip"` syncs once per step to skip steps whose gradient norm is not finite.
@@ -43,11 +45,13 @@ from mixfast.schedule import PHASES, EpochSpec, MixSchedule
 from mixfast.train.config import (
     TrainConfig,
     TrainResult,
+    check_resumable,
     resolve_plan,
     stage_of,
 )
 from mixfast.train.distributed import Dist, init_distributed, resolve_device, wrap_ddp
 from mixfast.train.flops import micro_batch_flops
+from mixfast.train.graphs import StepGraphs, make_step_graphs, whole_step
 from mixfast.train.meters import Meters, Position, fresh_totals, progress_bar
 from mixfast.train.objectives import (
     LossFn,
@@ -121,6 +125,7 @@ class MixTrainer:
         self._losses: dict[tuple[str, int], LossFn] = {}
         self._net: nn.Module | None = None
         self._net_phase: str | None = None
+        self.graphs: StepGraphs | None = None  # whole-step CUDA graphs (cuda_graph)
         self.stops = StopRequests(config.stop_after, config.log_every)
 
     # ------------------------------------------------------------------ setup
@@ -217,6 +222,8 @@ class MixTrainer:
         self._alphas = torch.tensor(alphas, dtype=torch.float32).to(self.device)
         self._mixed_kwargs = mixed_extra_kwargs(self.model, cfg)
         self._precompute_masks = takes_precomputed_masks(self.model)
+        self.graphs = make_step_graphs(cfg, self.device, d.world, self._precompute_masks)
+        self.resolved["cuda_graph"] = self.graphs is not None
 
     def _build_model(self, sl_data: Data) -> nn.Module:
         model = self.model_spec
@@ -250,20 +257,7 @@ class MixTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        changed = self.config.changed_on_resume(state["config"])
-        if changed:
-            diff = ", ".join(
-                f"{k}: {state['config'][k]!r} -> {getattr(self.config, k)!r}" for k in changed
-            )
-            raise ValueError(f"resume: the run was started with other settings ({diff})")
-        saved_steps = state["resolved"].get("steps_per_epoch")
-        if saved_steps != self.steps:
-            raise ValueError(
-                f"resume: the data differ from the run's: steps per epoch {saved_steps} in the "
-                f"checkpoint, {self.steps} now (another dataset, label fraction, validation "
-                "split, SSL pool or batch size, or a checkpoint of an older mixfast); resume with "
-                "the run's settings or start a new run"
-            )
+        check_resumable(self.config, self.steps, state)
         ckpt.load_model_state(self.model, state["model"])
         self.position.load_state_dict(state["position"])
         self.totals, self.rows = state["totals"], state["rows"]
@@ -350,6 +344,8 @@ class MixTrainer:
 
     def _train_step(self, phase: str, net: nn.Module, loss_fn: LossFn) -> None:
         cfg = self.config
+        if self.graphs is not None:
+            return self._graphed_step(phase, net, loss_fn)
         for micro in range(cfg.accum_steps):
             batch = self.batches.next(phase)
             mask = self._masks(phase, batch)
@@ -362,13 +358,31 @@ class MixTrainer:
             self.meters.add(loss, parts, step_done)
         self._optimizer_step()
 
-    def _optimizer_step(self) -> None:
+    def _graphed_step(self, phase: str, net: nn.Module, loss_fn: LossFn) -> None:
+        """One step as a replay of the phase's CUDA graph (batch, masks, a(t), lr copied in)."""
+        batch = self.batches.next(phase)
+        mask = self._masks(phase, batch)
+        mask = None if isinstance(mask, int) else mask  # an SL step's unused masking offset
+        self._set_lr()
+        run = whole_step(
+            loss_fn, net, self.optimizer, self._trainable, self.config.clip_grad, self._autocast
+        )
+        inputs = (batch, self._alpha(phase), mask)
+        loss, parts = self.graphs.step((phase, self.stage), run, inputs, self._trainable)
+        self.position.micro_step += 1
+        self.meters.add(loss, parts, step_done=True)
+
+    def _set_lr(self) -> None:
         cfg, stage = self.config, self.resolved["stages"][self.stage]
         lr = warmup_cosine(
             self._stage_step(), stage["total_steps"], stage["warmup_steps"], stage["lr"], cfg.min_lr
         )
         set_lr(self.optimizer, lr)
         self.lr = lr
+
+    def _optimizer_step(self) -> None:
+        cfg = self.config
+        self._set_lr()
         params = [p for p in self._trainable if p.grad is not None]
         if cfg.clip_grad or cfg.nonfinite == "skip":
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf, foreach=True)
@@ -449,6 +463,8 @@ class MixTrainer:
         )
         self.stage = stage
         self._net_phase = None
+        if self.graphs is not None:  # the previous stage's graphs step its optimizer
+            self.graphs.forget(lambda key: key[1] == stage)
 
     def _phase_net(self, phase: str) -> nn.Module:
         """The model as `phase` calls it: under DDP with the phase's unused parameters frozen."""
@@ -482,14 +498,8 @@ class MixTrainer:
         eval_s = time.perf_counter() - start
         loss, loss_ssl, loss_sl = meters.epoch_means()
         per = self.config.batch_size * self.dist.world
-        ssl_n = meters.micro * per if phase != "sl" else 0
-        sl_n = meters.micro * per * len(self.batches.sl_streams) if phase != "ssl" else 0
-        t = self.totals
-        t["phase_wall_s"][phase] += meters.train_s
-        t["eval_wall_s"] += eval_s
-        t["wall_s"] += meters.train_s + eval_s
-        t["sample_passes"]["ssl"] += ssl_n
-        t["sample_passes"]["sl"] += sl_n
+        tasks = len(self.batches.sl_streams)
+        ssl_n, sl_n = meters.add_epoch_to(self.totals, phase, eval_s, per=per, tasks=tasks)
         row = {
             "phase": phase,
             "epoch": spec.index + 1,
@@ -499,13 +509,13 @@ class MixTrainer:
             "loss": loss,  # mean over the epoch's micro-batches on all ranks
             "loss_ssl": loss_ssl if phase != "sl" else None,
             "loss_sl": loss_sl if phase != "ssl" else None,
-            "alpha": self._alpha_range(spec),
+            "alpha": self.schedule.alpha_range(spec, self.steps["mix"]),
             "lr": self.lr,
             "val_top1": top1[0] if top1 else None,
             "val_top1_tasks": top1,
             "train_s": meters.train_s,
             "eval_s": eval_s,
-            "wall_s": t["wall_s"],
+            "wall_s": self.totals["wall_s"],
             "images_per_s": (ssl_n + sl_n) / max(meters.train_s, 1e-9),
         }
         self.rows.append(row)
@@ -515,16 +525,6 @@ class MixTrainer:
             with open(out / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
         self._save(out)
-
-    def _alpha_range(self, spec: EpochSpec) -> list[float] | None:
-        if spec.phase != "mix":
-            return None
-        first = spec.phase_epoch * self.steps["mix"]
-        last = first + self.steps["mix"] - 1
-        return [
-            self.schedule.alpha(first, self.mix_steps),
-            self.schedule.alpha(last, self.mix_steps),
-        ]
 
     def evaluate(self) -> list[float | None]:
         """Top-1 in [0, 1] on each validation set (task k uses head k), summed over ranks."""
