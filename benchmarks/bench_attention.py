@@ -2,6 +2,8 @@
 
 Layouts: 256 SL sequences of 65 tokens + 256 SSL sequences of 17 (TinyImageNet 64/8, mask 0.75)
 and 256 of 197 + 256 of 50 (ImageNet 224/16), packed back to back as in a mix step.
+mixfast: one launch for all sequences (tile of the longest), and `mixfast_groups`: one launch
+per group of lengths (`seq_groups`, each group its own tile).
 Peers: torch `varlen_attn` (flash, CUDA only), SDPA per sub-batch (each sub-batch has one length,
 so it is a dense [n, H, L, Dh] batch: SDPA padded to the group's max length with no padding
 left), FlexAttention with a document mask (compiled; the block mask is built once, outside the
@@ -67,6 +69,12 @@ def impl_mixfast(x: dict) -> Callable:
     return lambda q, k, v: ops.varlen_attention(q, k, v, x["cu_seqlens"], x["max_seqlen"])
 
 
+def impl_mixfast_groups(x: dict) -> Callable:
+    """One launch per group of lengths (the host-known layout), each with its own tile."""
+    cu, m, groups = x["cu_seqlens"], x["max_seqlen"], x["groups"]
+    return lambda q, k, v: ops.varlen_attention(q, k, v, cu, m, seq_groups=groups)
+
+
 def impl_varlen_attn(x: dict) -> Callable:
     from torch.nn.attention.varlen import varlen_attn
 
@@ -116,6 +124,7 @@ def impl_flex_document(x: dict) -> Callable:
 
 IMPLS = {
     "mixfast": impl_mixfast,
+    "mixfast_groups": impl_mixfast_groups,
     "varlen_attn": impl_varlen_attn,
     "sdpa_grouped": impl_sdpa_grouped,
     "flex_document": impl_flex_document,

@@ -4,12 +4,13 @@ kernels against the plain-PyTorch reference (`-m triton`: CUDA, or CPU under TRI
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
 
 from mixfast import ops
-from mixfast.ops.attention import varlen_attn_bwd, varlen_attn_fwd
+from mixfast.ops.attention import varlen_attention, varlen_attn_bwd, varlen_attn_fwd
 from mixfast.ops.reference import varlen_attention_reference
 
 
@@ -58,7 +59,7 @@ def test_reference_path_matches_sdpa_fwd_bwd(lengths):
 def test_lse_is_logsumexp_of_scaled_scores():
     lengths = [3, 6]
     q, k, v = make_qkv(lengths, heads=1, head_dim=8)
-    _, lse = varlen_attn_fwd(q, k, v, make_cu_seqlens(lengths), 6, 0.5)
+    _, lse = varlen_attn_fwd(q, k, v, make_cu_seqlens(lengths), 6, 0.5, [])
     s = (q[3:, 0] @ k[3:, 0].T) * 0.5
     torch.testing.assert_close(lse[0, 3:], torch.logsumexp(s, -1))
 
@@ -86,10 +87,10 @@ def test_opcheck():
     lengths = [5, 0, 3]
     cu = make_cu_seqlens(lengths)
     q, k, v = make_qkv(lengths, grad=True)
-    torch.library.opcheck(varlen_attn_fwd, (q, k, v, cu, 5, 0.25))
-    out, lse = varlen_attn_fwd(q, k, v, cu, 5, 0.25)
+    torch.library.opcheck(varlen_attn_fwd, (q, k, v, cu, 5, 0.25, [3, 5]))
+    out, lse = varlen_attn_fwd(q, k, v, cu, 5, 0.25, [])
     grad = torch.randn_like(out)
-    args = (grad, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), cu, 5, 0.25)
+    args = (grad, q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), cu, 5, 0.25, [])
     torch.library.opcheck(varlen_attn_bwd, args)
 
 
@@ -231,6 +232,57 @@ def test_every_tuning_candidate_is_correct(head_dim, candidate, triton_device, m
 
 
 @pytest.mark.triton
+def test_a_launch_per_group_of_lengths_gives_the_same_numbers(triton_device, monkeypatch):
+    """The packed mix layout launched per host-known group (SSL 17 tokens: tile 32; SL 65:
+    tile 128) against one launch for all (tile 128) and the reference, forward and backward."""
+    from mixfast.kernels import attention
+
+    lengths = [17, 17, 17, 65, 65]  # 3 SSL sequences of 17 tokens, 2 SL sequences of 65
+    q, k, v = make_qkv(lengths, 3, 64, device=triton_device)
+    cu = make_cu_seqlens(lengths, triton_device)
+    grad = torch.randn_like(q)
+    tiles = []
+    pick = attention._pick_config
+    monkeypatch.setattr(
+        attention, "_pick_config", lambda key, *a: tiles.append(key[1]) or pick(key, *a)
+    )
+    outputs = {}
+    for groups in (None, [3, 17, 2, 65]):
+        out, lse = attention.varlen_attn_fwd(q, k, v, cu, 65, 0.125, groups)
+        grads = attention.varlen_attn_bwd(grad, q, k, v, out, lse, cu, 65, 0.125, None, groups)
+        outputs[groups is None] = (out, lse, *grads)
+    assert tiles == [128, 128, 32, 128, 32, 128]  # one launch each way, then one per group
+    from mixfast.ops.reference import varlen_attn_bwd_reference, varlen_attn_fwd_reference
+
+    ref_out, ref_lse = varlen_attn_fwd_reference(q, k, v, cu, 0.125)
+    want = (
+        ref_out,
+        ref_lse,
+        *varlen_attn_bwd_reference(grad, q, k, v, ref_out, ref_lse, cu, 0.125),
+    )
+    for g, u, w in zip(outputs[False], outputs[True], want):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(u, w, atol=2e-5, rtol=1e-5)
+
+
+def test_seq_groups_are_checked():
+    lengths = [3, 3, 5]
+    q, k, v = make_qkv(lengths)
+    cu = make_cu_seqlens(lengths)
+    plain = varlen_attention(q, k, v, cu, 5)
+    assert torch.equal(varlen_attention(q, k, v, cu, 5, seq_groups=[(2, 3), (1, 5)]), plain)
+    cases = [
+        ([(2, 3)], "seq_groups count 2 sequences, cu_seqlens 3"),
+        ([(2, 3), (1, 6)], "longest <= max_seqlen=5"),
+        ([(-1, 3), (4, 5)], "count >= 0"),
+        ([(1, 3), (2, 3)], "seq_groups says 3 tokens at most for sequences 1..2, one has 5"),
+    ]
+    for groups, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            varlen_attention(q, k, v, cu, 5, seq_groups=groups)
+
+
+@pytest.mark.triton
 def test_kernel_300_sequences_in_one_call(triton_device):
     lengths = torch.randint(0, 24, (300,), generator=torch.Generator().manual_seed(1)).tolist()
     lengths[7] = 1
@@ -303,7 +355,7 @@ def _compile_for_sm90(kernel, dtype: str, constexprs: dict, num_warps: int):
     from triton.compiler import ASTSource
 
     names = kernel.arg_names
-    scalars = {"num_heads": "i32", "qk_scale": "fp32", "softmax_scale": "fp32"}
+    scalars = {"num_heads": "i32", "seq_base": "i32", "qk_scale": "fp32", "softmax_scale": "fp32"}
     pointers = {"CU_SEQLENS": "*i32", "LSE": "*fp32"}
 
     def arg_type(name):

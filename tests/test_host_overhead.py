@@ -61,10 +61,12 @@ def test_qkvpacked_opcheck():
     lengths = [3, 1, 6]
     qkv = torch.randn(sum(lengths), 3, 2, 8, requires_grad=True)
     cu = cu_seqlens_of(lengths)
-    torch.library.opcheck(varlen_attn_qkvpacked_fwd, (qkv, cu, 6, 0.25))
-    out, lse = varlen_attn_qkvpacked_fwd(qkv.detach(), cu, 6, 0.25)
+    torch.library.opcheck(varlen_attn_qkvpacked_fwd, (qkv, cu, 6, 0.25, []))
+    out, lse = varlen_attn_qkvpacked_fwd(qkv.detach(), cu, 6, 0.25, [])
     grad = torch.randn_like(out)
-    torch.library.opcheck(varlen_attn_qkvpacked_bwd, (grad, qkv.detach(), out, lse, cu, 6, 0.25))
+    torch.library.opcheck(
+        varlen_attn_qkvpacked_bwd, (grad, qkv.detach(), out, lse, cu, 6, 0.25, [])
+    )
 
 
 @pytest.mark.parametrize(

@@ -112,12 +112,16 @@ def _attention_packed(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) ->
     qkv = attn.qkv(x).view(tokens, 3, attn.num_heads, attn.head_dim)
     plain_qk = isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
     if layout.varlen and plain_qk:  # the backward fills one dqkv buffer, no stack
-        out = varlen_attention_qkvpacked(qkv, layout.cu_seqlens, layout.max_seqlen, attn.scale)
+        out = varlen_attention_qkvpacked(
+            qkv, layout.cu_seqlens, layout.max_seqlen, attn.scale, seq_groups=layout.shapes
+        )
     else:
         q, k, v = qkv.unbind(1)  # [T, H, Dh] each
         q, k = attn.q_norm(q).to(v.dtype), attn.k_norm(k).to(v.dtype)
         if layout.varlen:
-            out = ops.varlen_attention(q, k, v, layout.cu_seqlens, layout.max_seqlen, attn.scale)
+            out = ops.varlen_attention(
+                q, k, v, layout.cu_seqlens, layout.max_seqlen, attn.scale, seq_groups=layout.shapes
+            )
         else:
             out = _grouped_attention(q, k, v, layout.shapes, attn.scale)
     out = out.reshape(tokens, -1)

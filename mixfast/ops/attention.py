@@ -39,19 +39,20 @@ def varlen_attn_fwd(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float,
+    seq_groups: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out [T, H, Dh] (q's dtype, contiguous) and lse [H, T] fp32 (natural log)."""
     if not q.is_cuda:
-        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen, seq_groups)
     if use_triton(q):
         from mixfast.kernels.attention import varlen_attn_fwd as triton_fwd
 
-        return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale)
+        return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale, seq_groups)
     return varlen_attn_fwd_reference(q, k, v, cu_seqlens, softmax_scale)
 
 
 @varlen_attn_fwd.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale):
+def _(q, k, v, cu_seqlens, max_seqlen, softmax_scale, seq_groups):
     out = q.new_empty(q.shape)
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
     return out, lse
@@ -68,25 +69,29 @@ def varlen_attn_bwd(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float,
+    seq_groups: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv (contiguous, the dtypes of q, k, v) by recomputation from lse."""
     if use_triton(q):
         from mixfast.kernels.attention import varlen_attn_bwd as triton_bwd
 
-        return triton_bwd(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale)
+        return triton_bwd(
+            grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale,
+            seq_groups=seq_groups,
+        )  # fmt: skip
     return varlen_attn_bwd_reference(grad_out, q, k, v, out, lse, cu_seqlens, softmax_scale)
 
 
 @varlen_attn_bwd.register_fake
-def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale):
+def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale, seq_groups):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, softmax_scale = inputs
+    q, k, v, cu_seqlens, max_seqlen, softmax_scale, seq_groups = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-    ctx.max_seqlen = max_seqlen
+    ctx.max_seqlen, ctx.seq_groups = max_seqlen, seq_groups
     ctx.softmax_scale = softmax_scale
     # lse never gets a gradient: without this, autograd would fill a zero [H, T] tensor for it
     # (one more kernel per block and step)
@@ -96,12 +101,13 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, grad_lse):
     # lse is an auxiliary output for the backward; its gradient is ignored.
     if grad_out is None:  # out did not reach the loss
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     dq, dk, dv = varlen_attn_bwd(
-        grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale
-    )
-    return dq, dk, dv, None, None, None
+        grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale,
+        ctx.seq_groups,
+    )  # fmt: skip
+    return dq, dk, dv, None, None, None, None
 
 
 varlen_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -114,21 +120,25 @@ varlen_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 @torch.library.custom_op("mixfast::varlen_attn_qkvpacked_fwd", mutates_args=())
 def varlen_attn_qkvpacked_fwd(
-    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, softmax_scale: float
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float,
+    seq_groups: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out [T, H, Dh] (contiguous) and lse [H, T] fp32, as varlen_attn_fwd on qkv.unbind(1)."""
     q, k, v = qkv.unbind(1)
     if not q.is_cuda:
-        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen)
+        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen, seq_groups)
     if use_triton(q):
         from mixfast.kernels.attention import varlen_attn_fwd as triton_fwd
 
-        return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale)
+        return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale, seq_groups)
     return varlen_attn_fwd_reference(q, k, v, cu_seqlens, softmax_scale)
 
 
 @varlen_attn_qkvpacked_fwd.register_fake
-def _(qkv, cu_seqlens, max_seqlen, softmax_scale):
+def _(qkv, cu_seqlens, max_seqlen, softmax_scale, seq_groups):
     total, _, heads, head_dim = qkv.shape
     out = qkv.new_empty((total, heads, head_dim))
     return out, qkv.new_empty((heads, total), dtype=torch.float32)
@@ -143,6 +153,7 @@ def varlen_attn_qkvpacked_bwd(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float,
+    seq_groups: list[int],
 ) -> torch.Tensor:
     """dqkv [T, 3, H, Dh] (contiguous, qkv's dtype)."""
     q, k, v = qkv.unbind(1)
@@ -151,35 +162,36 @@ def varlen_attn_qkvpacked_bwd(
 
         dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
         triton_bwd(
-            grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale, dqkv.unbind(1)
-        )
+            grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, softmax_scale, dqkv.unbind(1),
+            seq_groups,
+        )  # fmt: skip
         return dqkv
     grads = varlen_attn_bwd_reference(grad_out, q, k, v, out, lse, cu_seqlens, softmax_scale)
     return torch.stack(grads, dim=1)
 
 
 @varlen_attn_qkvpacked_bwd.register_fake
-def _(grad_out, qkv, out, lse, cu_seqlens, max_seqlen, softmax_scale):
+def _(grad_out, qkv, out, lse, cu_seqlens, max_seqlen, softmax_scale, seq_groups):
     return qkv.new_empty(qkv.shape)
 
 
 def _qkvpacked_setup_context(ctx, inputs, output):
-    qkv, cu_seqlens, max_seqlen, softmax_scale = inputs
+    qkv, cu_seqlens, max_seqlen, softmax_scale, seq_groups = inputs
     out, lse = output
     ctx.save_for_backward(qkv, out, lse, cu_seqlens)
-    ctx.max_seqlen = max_seqlen
+    ctx.max_seqlen, ctx.seq_groups = max_seqlen, seq_groups
     ctx.softmax_scale = softmax_scale
     ctx.set_materialize_grads(False)  # as above: no zero gradient for lse
 
 
 def _qkvpacked_backward(ctx, grad_out, grad_lse):
     if grad_out is None:
-        return None, None, None, None
+        return None, None, None, None, None
     qkv, out, lse, cu_seqlens = ctx.saved_tensors
     dqkv = varlen_attn_qkvpacked_bwd(
-        grad_out, qkv, out, lse, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale
+        grad_out, qkv, out, lse, cu_seqlens, ctx.max_seqlen, ctx.softmax_scale, ctx.seq_groups
     )
-    return dqkv, None, None, None
+    return dqkv, None, None, None, None
 
 
 varlen_attn_qkvpacked_fwd.register_autograd(
@@ -199,6 +211,8 @@ def varlen_attention(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float | None = None,
+    *,
+    seq_groups: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """Block-diagonal (per-sequence) attention over packed sequences.
 
@@ -206,13 +220,17 @@ def varlen_attention(
     other strides free, e.g. views of one packed qkv projection); cu_seqlens int32 [S+1] on the
     same device, 0 = cu_seqlens[0] <= ... <= cu_seqlens[S] = T; max_seqlen >= every length
     (a Python int). Returns [T, H, Dh], default scale 1/sqrt(Dh).
+    `seq_groups` [(count, longest length), ...]: consecutive groups of the S sequences, as the
+    host knows them (e.g. a packed step's SSL and SL sequences); the Triton kernels launch once
+    per group with a tile sized to it. The result does not depend on them.
     Like flash-attention, the cu_seqlens values are checked only where reading them costs no
     device sync (CPU tensors); shapes, dtypes and devices are always checked.
     """
     _check_inputs(q, k, v, cu_seqlens, max_seqlen)
+    groups = _flat_groups(seq_groups, cu_seqlens, max_seqlen)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
-    out, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, float(softmax_scale))
+    out, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, float(softmax_scale), groups)
     return out
 
 
@@ -221,6 +239,8 @@ def varlen_attention_qkvpacked(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     softmax_scale: float | None = None,
+    *,
+    seq_groups: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """`varlen_attention(*qkv.unbind(1), cu_seqlens, max_seqlen, softmax_scale)` for one packed
     projection qkv [T, 3, H, Dh] (e.g. `qkv_linear(x).view(T, 3, H, Dh)`), with a backward
@@ -230,9 +250,10 @@ def varlen_attention_qkvpacked(
         shape = list(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
         raise ValueError(f"varlen_attention_qkvpacked: qkv must be [T, 3, H, Dh]; got {shape}")
     _check_inputs(*qkv.unbind(1), cu_seqlens, max_seqlen)
+    groups = _flat_groups(seq_groups, cu_seqlens, max_seqlen)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(qkv.shape[-1])
-    out, _ = varlen_attn_qkvpacked_fwd(qkv, cu_seqlens, max_seqlen, float(softmax_scale))
+    out, _ = varlen_attn_qkvpacked_fwd(qkv, cu_seqlens, max_seqlen, float(softmax_scale), groups)
     return out
 
 
@@ -269,7 +290,33 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen) -> None:
         raise ValueError(f"varlen_attention: max_seqlen must be an int; got {max_seqlen!r}")
 
 
-def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
+def _flat_groups(
+    seq_groups: list[tuple[int, int]] | None, cu_seqlens: torch.Tensor, max_seqlen: int
+) -> list[int]:
+    """The ops' flat [count, longest, ...] form; checks what needs no device read."""
+    if seq_groups is None:
+        return []
+    flat = []
+    for group in seq_groups:
+        count, longest = group
+        ints = all(isinstance(n, int | torch.SymInt) and not isinstance(n, bool) for n in group)
+        if not ints or count < 0 or not 0 <= longest <= max_seqlen:
+            raise ValueError(
+                f"varlen_attention: seq_groups entries must be (count >= 0, 0 <= longest <= "
+                f"max_seqlen={max_seqlen}); got {group!r}"
+            )
+        flat += [count, longest]
+    if sum(flat[::2]) != cu_seqlens.shape[0] - 1:
+        raise ValueError(
+            f"varlen_attention: seq_groups count {sum(flat[::2])} sequences, cu_seqlens "
+            f"{cu_seqlens.shape[0] - 1}"
+        )
+    return flat
+
+
+def _check_cu_seqlens_values(
+    cu_seqlens: torch.Tensor, total: int, max_seqlen: int, seq_groups: list[int] = ()
+) -> None:
     """Value checks (they read cu_seqlens, so only on paths that read it anyway)."""
     cu = cu_seqlens.tolist()
     lengths = [end - start for start, end in zip(cu, cu[1:])]
@@ -285,3 +332,12 @@ def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total: int, max_seqlen: i
             f"varlen_attention: max_seqlen={max_seqlen} is smaller than the longest sequence "
             f"({max(lengths)})"
         )
+    first = 0
+    for count, longest in zip(seq_groups[::2], seq_groups[1::2]):
+        group = lengths[first : first + count]
+        if group and max(group) > longest:
+            raise ValueError(
+                f"varlen_attention: seq_groups says {longest} tokens at most for sequences "
+                f"{first}..{first + count - 1}, one has {max(group)}"
+            )
+        first += count
