@@ -133,6 +133,7 @@ def test_a_streamed_run_resumes_exactly(folder, tmp_path):
         for run in (full, stopped)
     ]
     assert losses[0] == losses[1] and len(losses[0]) == 3
+    assert json.loads((full / "config.json").read_text())["resolved"]["storage"] == "streamed"
 
 
 def test_hfds_names_a_saved_hugging_face_dataset(folder, tmp_path):

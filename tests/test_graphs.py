@@ -128,6 +128,7 @@ def test_where_graphs_cannot_work_the_run_steps_eagerly_and_says_why():
         result = train(config(cuda_graph=True, ssl_epochs=1, sl_epochs=1), tiny_model(), None,
                        tiny_data(), tiny_data(32, seed=2))  # fmt: skip
     assert result.completed and result.resolved["cuda_graph"] is False
+    assert result.resolved["storage"] == "in-memory"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # off (the default): no warning
         train(config(ssl_epochs=1, sl_epochs=1), tiny_model(), None, tiny_data(), None)

@@ -112,6 +112,12 @@ class PhaseBatches:
     def streams(self) -> list[Stream]:
         return [s for s in (self.ssl_stream, *self.sl_streams) if s is not None]
 
+    @property
+    def storage(self) -> str:
+        """ "in-memory" when every stream gathers batches from memory; "streamed" when one reads
+        through a DataLoader (image files decoded in workers, or a DataLoader given)."""
+        return "in-memory" if all(s.memory is not None for s in self.streams) else "streamed"
+
     def of_phase(self, phase: str) -> list[Stream]:
         """The streams a phase reads (each starts a new pass at the phase's epoch start)."""
         if phase == "ssl":

@@ -223,7 +223,7 @@ class MixTrainer:
         self._mixed_kwargs = mixed_extra_kwargs(self.model, cfg)
         self._precompute_masks = takes_precomputed_masks(self.model)
         self.graphs = make_step_graphs(cfg, self.device, d.world, self._precompute_masks)
-        self.resolved["cuda_graph"] = self.graphs is not None
+        self.resolved.update(cuda_graph=self.graphs is not None, storage=self.batches.storage)
 
     def _build_model(self, sl_data: Data) -> nn.Module:
         model = self.model_spec
