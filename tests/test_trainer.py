@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mixfast import create_model
 from mixfast.checkpoint import export_encoder, load_checkpoint, load_model_state
+from mixfast.checks import SettingError
 from mixfast.cli.args import add_train_arguments, config_from_args
 from mixfast.data import ImageDataset
 from mixfast.optim import make_adamw, param_groups
@@ -117,17 +118,19 @@ def test_two_stream_and_multitask(tmp_path):
         decoder_heads=2,
     )
     task2 = TensorDataset(torch.randn(32, 1, 16, 16), torch.randint(0, 3, (32,)))
+    data = (tiny_data(96), [tiny_data(48), task2], [tiny_data(20, seed=3), task2])
+    one_epoch = tiny_config(tmp_path, ssl_epochs=1, sl_epochs=1, mix_ratio=1.0)
+    with pytest.raises(SettingError, match="leaves no SSL-only epoch for the 3 SSL steps"):
+        MixTrainer(model, one_epoch).fit(*data)  # the pool's other 48 SSL passes: nowhere
     config = tiny_config(
-        tmp_path, ssl_epochs=1, sl_epochs=1, mix_ratio=1.0, task_weights=[0.7, 0.3]
+        tmp_path, ssl_epochs=2, sl_epochs=1, mix_ratio=1.0, task_weights=[0.7, 0.3]
     )
-    result = MixTrainer(model, config).fit(
-        tiny_data(96), [tiny_data(48), task2], [tiny_data(20, seed=3), task2]
-    )
+    result = MixTrainer(model, config).fit(*data)
     assert result.resolved["mode"] == "two-stream"
     # a mix epoch is one pass over the (longest) labeled stream: 48 / 16 = 3 steps, the other
-    # task cycles; with rho = 1 there is no SSL phase to take the pool's other 48 SSL passes
-    assert result.epochs[0]["steps"] == 3
-    assert result.sample_passes == {"ssl": 48, "sl": 2 * 48}
+    # task cycles; the SSL epoch makes the 2 x 96 SSL passes the mix epoch does not: 12 - 3
+    assert [row["steps"] for row in result.epochs] == [9, 3]
+    assert result.sample_passes == {"ssl": 2 * 96, "sl": 2 * 48}
     assert len(result.top1_tasks) == 2 and all(0 <= t <= 1 for t in result.top1_tasks)
 
 

@@ -7,8 +7,16 @@ uint8 [C, S, S]; normalisation and augmentation stay on the device, as for in-me
     FileImages    a Dataset over a FileView: (uint8 image, label) per sample, mean/std for the
                   device-side normalisation
     FileSplits    train and test views, the counterpart of ImageSplits (same attributes), which
-                  prepare_training_data reads alike; `to_memory()` decodes them into ImageSplits
+                  prepare_training_data reads alike; `to_memory()` decodes them into ImageSplits;
+                  `drop_unreadable()` leaves out images that do not decode (--skip-bad)
     open_files    a folder or a tar -> FileSplits
+    open_dataset  a name, a path or a timm specifier (`wds/`, `hfds/`: open_specified) ->
+                  ImageSplits (in memory) or FileSplits (streamed)
+
+Every source is read by index (map-style), shards and saved Hugging Face datasets included:
+that is what makes the labeled fractions exactly stratified and seeded, the validation split
+fixed, each rank's share of a pass exact under DDP, and resume exact mid-epoch. Iterable
+streams (remote WebDataset URLs, `hfids/`) cannot give those, and are refused with that reason.
 """
 
 from __future__ import annotations
