@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from mixfast.stats import paired_diff
+from mixfast.stats import paired_diff, verdict
 
 here = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
 protocol = here.parent / "fashion-mnist-protocol-cpu-2026-12-01" / "compare.json"
@@ -39,9 +39,9 @@ print("The cost is the FLOPs ratio; the wall ratio sets runs of two days against
 print("(other load, other masking code for most ssl+sl runs): indicative only.\n")
 print(
     "| arm | regime | fraction | n | mix val | Δ val vs ssl+sl | Δ val vs rho 0.5 mix "
-    "| mix test | Δ test vs ssl+sl | FLOPs ratio | train wall ratio |"
+    "| mix test | Δ test vs ssl+sl | FLOPs ratio | verdict (val, FLOPs) | train wall ratio |"
 )
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for arm_dir in sorted(p for p in here.iterdir() if (p / "compare.json").exists()):
     mix = by_cell(arm_dir / "compare.json", "mix")
     for cell in sorted(mix):
@@ -53,9 +53,11 @@ for arm_dir in sorted(p for p in here.iterdir() if (p / "compare.json").exists()
         wall = sum(
             runs[s]["result"]["train_wall_s"] / base[s]["result"]["train_wall_s"] for s in seeds
         ) / max(len(seeds), 1)
+        diff = paired_diff([100 * runs[s]["val_top1"] for s in seeds],
+                           [100 * base[s]["val_top1"] for s in seeds])  # fmt: skip
         print(
             f"| {arm_dir.name} | {cell[0]} | {cell[1]:g} | {len(runs)} | {100 * val:.2f} "
             f"| {paired(runs, base, 'val_top1')} "
             f"| {paired(runs, mix_default.get(cell, {}), 'val_top1')} | {100 * test:.2f} "
-            f"| {paired(runs, base, 'top1')} | {flops:.2f} | {wall:.2f} |"
+            f"| {paired(runs, base, 'top1')} | {flops:.3f} | {verdict(diff, flops)} | {wall:.2f} |"
         )
