@@ -59,6 +59,11 @@ if has e2e; then
   log "end to end: MixTraining rho 1"
   timeout 200 python3 -m mixfast compare --dataset fashion-mnist --device cuda --mix-ratio 1.0 \
     --pipelines mix --out "$OUT/e2e-rho1" $E2E_ARGS 2>&1 | tail -8 | tee -a "$OUT/summary.log"
+  log "end to end: MixTraining rho 0.5 with whole-step CUDA graphs (--cuda-graph)"
+  timeout 200 python3 -m mixfast compare --dataset fashion-mnist --device cuda --mix-ratio 0.5 \
+    --pipelines mix --cuda-graph --out "$OUT/e2e-graphed" $E2E_ARGS 2>&1 | tail -8 \
+    | tee -a "$OUT/summary.log"
+  cp "$OUT/e2e-graphed/compare.json" "$OUT/e2e-graphed.json" 2>/dev/null || true
   cp "$OUT/e2e-rho0.5/compare.json" "$OUT/e2e-rho0.5.json" 2>/dev/null || true
   cp "$OUT/e2e-rho1/compare.json" "$OUT/e2e-rho1.json" 2>/dev/null || true
 fi
