@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map_only
 
 WARMUP = 3  # eager steps of a phase before its capture (torch's recipe uses >= 3 on a side stream)
 Step = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -86,9 +87,9 @@ def whole_step(loss_fn, net, optimizer, params, clip_grad: float | None, autocas
 
 
 def tree_clone(tree: Any) -> Any:
-    """The same nesting of tuples / lists / dicts, each tensor cloned (a static buffer). A
-    tensor met twice is cloned once: the step may test identity (a mix step whose SSL and SL
-    images are one tensor embeds them once)."""
+    """The same nesting (torch's pytree: tuples, lists, dicts, NamedTuples), each tensor cloned
+    (a static buffer). A tensor met twice is cloned once: the step may test identity (a mix step
+    whose SSL and SL images are one tensor embeds them once)."""
     clones: dict[int, torch.Tensor] = {}
 
     def clone(t: torch.Tensor) -> torch.Tensor:
@@ -96,36 +97,25 @@ def tree_clone(tree: Any) -> Any:
             clones[id(t)] = t.clone()
         return clones[id(t)]
 
-    return _tree(tree, clone)
+    return tree_map_only(torch.Tensor, clone, tree)
 
 
 def tree_copy_(dst: Any, src: Any) -> None:
-    """Write every tensor of `src` into the tensor at the same place of `dst` (same shapes)."""
-    if isinstance(dst, torch.Tensor):
-        if dst.shape != src.shape or dst.dtype != src.dtype:
-            raise ValueError(f"a captured step got {src.dtype}{list(src.shape)}, "
-                             f"captured {dst.dtype}{list(dst.shape)}")  # fmt: skip
-        dst.copy_(src, non_blocking=True)
-    elif isinstance(dst, dict):
-        for key in dst:
-            tree_copy_(dst[key], src[key])
-    elif isinstance(dst, list | tuple):
-        for d, s in zip(dst, src, strict=True):
-            tree_copy_(d, s)
-    elif dst != src:  # ints and floats are part of what was captured
-        raise ValueError(f"a captured step got {src!r} where it was captured with {dst!r}")
-
-
-def _tree(tree: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return fn(tree)
-    if isinstance(tree, dict):
-        return {k: _tree(v, fn) for k, v in tree.items()}
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple (MaskingResult)
-        return type(tree)(*(_tree(v, fn) for v in tree))
-    if isinstance(tree, list | tuple):
-        return type(tree)(_tree(v, fn) for v in tree)
-    return tree
+    """Write every tensor of `src` into the tensor at the same place of `dst` (same nesting,
+    shapes and dtypes; other leaves, such as ints, were captured and must be equal)."""
+    dst_leaves, dst_spec = tree_flatten(dst)
+    src_leaves, src_spec = tree_flatten(src)
+    if dst_spec != src_spec:
+        raise ValueError(f"a captured step got inputs nested as {src_spec}, captured {dst_spec}")
+    for d, s in zip(dst_leaves, src_leaves, strict=True):
+        if not isinstance(d, torch.Tensor):
+            if d != s:
+                raise ValueError(f"a captured step got {s!r} where it was captured with {d!r}")
+        elif d.shape != s.shape or d.dtype != s.dtype:
+            raise ValueError(f"a captured step got {s.dtype}{list(s.shape)}, "
+                             f"captured {d.dtype}{list(d.shape)}")  # fmt: skip
+        else:
+            d.copy_(s, non_blocking=True)
 
 
 class StepGraphs:
