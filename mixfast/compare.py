@@ -127,18 +127,16 @@ def warm_up(args: argparse.Namespace, base: Any, splits: Any) -> None:
 def check_cells(args: argparse.Namespace, base: Any, splits: Any) -> None:
     """Before any work: every run of the grid has a batch of data and a plan that can be made
     (each regime and fraction's data, with the first seed: sizes do not depend on it)."""
+    distinct: dict[tuple, Cell] = {}
+    for c in grid(args):
+        distinct.setdefault((c.regime, c.fraction, c.budget, c.pipeline), c)  # the first seed
     datas: dict[tuple, Any] = {}
-    checked = set()
-    for cell in grid(args):
-        if (cell.regime, cell.fraction, cell.budget, cell.pipeline) in checked:
-            continue
-        checked.add((cell.regime, cell.fraction, cell.budget, cell.pipeline))
+    for cell in distinct.values():
         cell_args = cell_settings(args, cell)
-        if (cell.regime, cell.fraction) not in datas:
-            datas[cell.regime, cell.fraction] = experiment.prepare_data(
-                splits, cell_args, fraction=cell.fraction
-            )
-        data = datas[cell.regime, cell.fraction]
+        key = (cell.regime, cell.fraction)
+        if key not in datas:
+            datas[key] = experiment.prepare_data(splits, cell_args, fraction=cell.fraction)
+        data = datas[key]
         config = cell_config(cell, base, Path(args.out) / cell.name, resume=False)
         try:
             experiment.check_data_fits(cell_args, config, data, config.mask_ratio)

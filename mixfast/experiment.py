@@ -24,6 +24,7 @@ from mixfast.data import (
     prepare_training_data,
 )
 from mixfast.data.files import MEMORY_CAP_GB
+from mixfast.data.training import CROP_SCALE
 from mixfast.train.distributed import env_world
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
@@ -148,7 +149,7 @@ def build_model(settings: Any, data: TrainingData, seed: int) -> nn.Module:
 
 def with_augment(config, data: TrainingData, settings: Any):
     """Hand the trainer the on-device batch augmentation when settings.augment."""
-    scale = getattr(settings, "augment_scale", 0.5)
+    scale = getattr(settings, "augment_scale", CROP_SCALE)
     if not 0.0 < scale <= 1.0:
         raise SettingError(f"{{augment_scale}} must be in (0, 1], got {scale}")
     if not settings.augment:
@@ -172,7 +173,7 @@ def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[st
         "val_fraction": settings.val_fraction,
         "val_max": settings.val_max,
         "augment": bool(settings.augment),
-        "augment_scale": getattr(settings, "augment_scale", 0.5),
+        "augment_scale": getattr(settings, "augment_scale", CROP_SCALE),
         "labeled": len(data.sl_data),
         "validation": 0 if data.val_data is None else len(data.val_data),
         "test": len(data.test_data),

@@ -11,6 +11,7 @@ from typing import Any
 
 from mixfast.data import DATASETS, REGIMES, SSL_POOLS
 from mixfast.data.files import MEMORY_CAP_GB
+from mixfast.data.training import CROP_SCALE
 from mixfast.experiment import DEFAULT_MODEL
 from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS
@@ -205,7 +206,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--augment-scale",
         type=float,
-        default=0.5,
+        default=CROP_SCALE,
         metavar="MIN",
         help="--augment's crops cover MIN to all of the image's area (default: %(default)s)",
     )

@@ -59,6 +59,9 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images.float() / 255.0 - mean_t) / std_t
 
 
+CROP_SCALE = 0.5  # the smallest crop area of BatchAugment, a fraction of the image
+
+
 class BatchAugment:
     """Random resized crop + horizontal flip of a whole batch on its own device.
 
@@ -73,7 +76,7 @@ class BatchAugment:
         mean: Sequence[float],
         std: Sequence[float],
         *,
-        scale: tuple[float, float] = (0.5, 1.0),
+        scale: tuple[float, float] = (CROP_SCALE, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
         seed: int | None = None,
