@@ -26,6 +26,7 @@ from mixfast.data import (
 from mixfast.data.files import MEMORY_CAP_GB
 from mixfast.data.training import CROP_SCALE
 from mixfast.train.distributed import env_world
+from mixfast.train.streams import steps_per_pass
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
 MIN_PATCHES = 16
@@ -257,7 +258,8 @@ def check_data_fits(settings: Any, config, data: TrainingData, mask_ratio: float
         )
     ssl_size = len(data.ssl_data if data.ssl_data is not None else data.tasks[0].sl_data)
     sl_size = max(len(task.sl_data) for task in data.tasks)
-    config.schedule().epoch_steps(ssl_size // batch, sl_size // batch)  # the plan can be made
+    # the plan can be made (each objective's steps per pass as the trainer's streams count them)
+    config.schedule().epoch_steps(steps_per_pass(ssl_size, batch), steps_per_pass(sl_size, batch))
     kwargs = model_kwargs(settings, data)
     patches = (kwargs["img_size"] // kwargs["patch_size"]) ** 2
     if config.pipeline != "sl" and num_kept(patches, mask_ratio) < 1:

@@ -49,6 +49,12 @@ def normalize_uint8(images: torch.Tensor, source: Any) -> torch.Tensor:
     return normalize(images, mean, source.std)
 
 
+def steps_per_pass(size: int, group: int) -> int:
+    """Optimizer steps in one pass over `size` samples, `group` = batch_size x devices x
+    accumulation samples a step; the incomplete last group is dropped (fixed shapes)."""
+    return size // group
+
+
 def pass_seed(seed: int, stream: int, cycle: int) -> int:
     return (seed * 1_000_003 + stream * 10_007 + cycle) % (2**63)
 
@@ -127,7 +133,7 @@ class Stream:
                 f"{name} has {size} samples, fewer than batch_size x devices x accum_steps = "
                 f"{batch_size} x {world} x {accum}; lower batch_size"
             )
-        self.micro = size // group * accum  # micro-batches per pass on this rank
+        self.micro = steps_per_pass(size, group) * accum  # micro-batches per pass, this rank
         if InMemory.supports(source):
             self.memory = InMemory(source, device)
 
