@@ -48,6 +48,7 @@ if has step; then
   run_bench mixed_step python3 benchmarks/bench_mixed_step.py --device cuda \
     --configs 64x64/8 --modes eager compiled cudagraphs
   run_bench launches python3 benchmarks/bench_launches.py --device cuda
+  run_bench cast_once python3 benchmarks/bench_cast_once.py --device cuda
 fi
 if has e2e; then
   # Same epoch budgets for SSL+SL and MixTraining at rho 0.5 and 1 (issue 8 item 4).

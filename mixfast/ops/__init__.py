@@ -11,15 +11,20 @@ choice (mixfast/ops/_backend.py).
     packed_patch_embed(images, weight, bias, pos_embed, ids_keep, ...)        -> [rows, D]
     random_masking(batch_size, num_patches, mask_ratio, *, seed, offset=0, device="cpu")
                                                                               -> MaskingResult
+    cast_once(params, dtype)         -> the params cast by one kernel, views of one buffer
+                                        (an autograd.Function: a custom op may not return views,
+                                        and a view no loss used must leave its gradient None)
 """
 
 from mixfast.ops.attention import varlen_attention, varlen_attention_qkvpacked
+from mixfast.ops.cast_once import cast_once
 from mixfast.ops.masking import random_masking
 from mixfast.ops.patch_embed import masked_patch_embed, packed_patch_embed
 from mixfast.ops.reference import MaskingResult
 
 __all__ = [
     "MaskingResult",
+    "cast_once",
     "masked_patch_embed",
     "packed_patch_embed",
     "random_masking",

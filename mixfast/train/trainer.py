@@ -387,14 +387,13 @@ class MixTrainer:
         if cfg.clip_grad or cfg.nonfinite == "skip":
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf, foreach=True)
             if cfg.nonfinite == "skip" and not torch.isfinite(norm).item():
-                self._skip_step()
-                self.optimizer.zero_grad(set_to_none=True)
-                return
+                return self._skip_step()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def _skip_step(self) -> None:
         pos = self.position
+        self.optimizer.zero_grad(set_to_none=True)
         self.totals["skipped_steps"] += 1
         self.meters.skip(pos.global_step, pos.step_in_epoch, pos.epoch, MAX_SKIPPED_SHARE)
 
@@ -469,7 +468,8 @@ class MixTrainer:
     def _phase_net(self, phase: str) -> nn.Module:
         """The model as `phase` calls it: under DDP with the phase's unused parameters frozen."""
         if self._net_phase != phase:
-            net = Objectives(self.model)
+            amp = torch.bfloat16 if self.resolved["amp"] else None  # ops/cast_once.py
+            net = Objectives(self.model, cast_dtype=amp)
             if self.dist.enabled:
                 fn = make_loss(phase, self.config, len(self.batches.sl_streams), self._mixed_kwargs)
                 batch = self.batches.sample(phase)
