@@ -3,6 +3,7 @@ and with its default mix (rho 0.5) runs, per regime and fraction; validation top
 choices are read) and test top-1 (read once per run) beside it.
 
     python summarize.py benchmarks/results/fashion-mnist-rho-cpu-2026-12-02 > rho.md
+    python summarize.py FOLDER "TITLE" > OUT.md    # another study's arms (same protocol)
 """
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 from mixfast.stats import paired_diff, verdict
 
 here = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
+title = sys.argv[2] if len(sys.argv) > 2 else "rho at the protocol's scale"
 protocol = here.parent / "fashion-mnist-protocol-cpu-2026-12-01" / "compare.json"
 
 
@@ -32,7 +34,7 @@ def paired(arm: dict[int, dict], base: dict[int, dict], key: str) -> str:
 
 
 ssl_sl, mix_default = by_cell(protocol, "ssl+sl"), by_cell(protocol, "mix")
-print("# rho at the protocol's scale: Fashion-MNIST 10,000-image pool, 10+10 epochs, 5 seeds (CPU)\n")
+print(f"# {title}: Fashion-MNIST 10,000-image pool, 10+10 epochs, 5 seeds (CPU)\n")
 print("Δ = the arm's mix − the protocol's ssl+sl (or its rho 0.5 mix), paired by seed, top-1")
 print("points, mean [95 % t CI]. Choices read val; test is read once per run and shown.")
 print("The cost is the FLOPs ratio; the wall ratio sets runs of two days against each other")
