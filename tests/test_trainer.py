@@ -323,6 +323,7 @@ def test_resume_errors(tmp_path):
         ("compile", "yes"),
         ("sl_epochs", 0),
         ("task_weights", []),
+        ("finetune_from", "ssl"),
     ],
 )
 def test_bad_config_names_the_argument(tmp_path, field, value):
@@ -420,6 +421,37 @@ def test_finetune_stage_uses_layer_decay_by_default(tmp_path):
     assert trainer.resolved["stages"]["finetune"]["layer_decay"] == 0.75
     assert trainer.resolved["stages"]["pretrain"]["layer_decay"] == 1.0
     assert scales == {round(0.75**k, 6) for k in range(4)}
+
+
+@pytest.mark.parametrize("finetune_from", ["mix", "sl"])
+def test_finetune_from_sets_which_phase_opens_the_finetune_optimizer(tmp_path, finetune_from):
+    config = tiny_config(
+        tmp_path, ssl_epochs=2, sl_epochs=2, mix_ratio=0.5, finetune_from=finetune_from, out=None
+    )
+    trainer = MixTrainer(tiny_model(), config)
+    betas: dict[str, tuple] = {}
+    train_epoch = MixTrainer._train_epoch
+
+    def record(self, spec, out):  # the optimizer each phase steps with
+        stopped = train_epoch(self, spec, out)
+        betas[spec.phase] = tuple(self.optimizer.param_groups[0]["betas"])
+        return stopped
+
+    MixTrainer._train_epoch = record
+    try:
+        trainer.fit(None, tiny_data(), None)
+    finally:
+        MixTrainer._train_epoch = train_epoch
+    stages = trainer.resolved["stages"]
+    steps = trainer.resolved["steps_per_epoch"]
+    pretrain, finetune = (0.9, 0.95), (0.9, 0.999)
+    if finetune_from == "mix":
+        assert betas == {"ssl": pretrain, "mix": finetune, "sl": finetune}
+        assert stages["pretrain"]["total_steps"] == steps["ssl"]
+    else:  # the mix phase continues the pre-train optimizer and its lr schedule
+        assert betas == {"ssl": pretrain, "mix": pretrain, "sl": finetune}
+        assert stages["pretrain"]["total_steps"] == steps["ssl"] + steps["mix"]
+        assert stages["finetune"]["total_steps"] == steps["sl"]
 
 
 # --------------------------------------------------------------------------------------------

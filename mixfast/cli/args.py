@@ -15,7 +15,7 @@ from mixfast.data.training import CROP_SCALE
 from mixfast.experiment import DEFAULT_MODEL
 from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS
-from mixfast.train.config import NONFINITE, TrainConfig
+from mixfast.train.config import FINETUNE_FROM, NONFINITE, TrainConfig
 
 
 class UsageError(ValueError):
@@ -34,6 +34,7 @@ CHOICES = {
     "transition": TRANSITIONS,
     "sl_view": SL_VIEWS,
     "nonfinite": NONFINITE,
+    "finetune_from": FINETUNE_FROM,
 }
 SWITCHES = {  # field -> (flag, argparse kwargs)
     "compile": ("--no-compile", dict(action="store_const", const=False)),
@@ -54,6 +55,8 @@ HELP = {
     "batch_size": "per device",
     "blr": "fine-tune base lr per 256",
     "ssl_blr": "pre-train base lr per 256",
+    "finetune_from": "the phase that opens the fine-tune optimizer (sl: the mix phase "
+    "continues the pre-train one)",
     "out": "run folder (config, metrics, checkpoint)",
     "stop_after": argparse.SUPPRESS,
 }

@@ -23,7 +23,15 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 # Settings that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "progress", "log_every", "num_workers", "stop_after", "device"}
 RESUMABLE |= {"compile", "compile_backend", "augment", "cuda_graph"}
-STAGES = {"pretrain": ("ssl",), "finetune": ("mix", "sl")}  # optimizer stage -> its phases
+FINETUNE_FROM = ("mix", "sl")  # the phase that opens the fine-tune optimizer
+
+
+def optimizer_stages(finetune_from: str = "mix") -> dict[str, tuple[str, ...]]:
+    """Optimizer stage -> its phases. The mix phase opens the fine-tune stage by default;
+    finetune_from="sl" keeps the pre-train optimizer through the mix phase."""
+    if finetune_from == "sl":
+        return {"pretrain": ("ssl", "mix"), "finetune": ("sl",)}
+    return {"pretrain": ("ssl",), "finetune": ("mix", "sl")}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,6 +56,7 @@ class TrainConfig:
     ssl_blr: float = 1.5e-4  # pre-train base lr (x effective batch / 256)
     min_lr: float = 0.0
     warmup_epochs: float = 1.0  # per optimizer stage
+    finetune_from: str = "mix"  # "mix" | "sl": the phase that opens the fine-tune optimizer
     weight_decay: float = 0.05
     layer_decay: float | None = None  # None: 0.75 after pre-training, 1.0 for "sl"
     label_smoothing: float = 0.1  # SL-phase cross-entropy
@@ -74,6 +83,7 @@ class TrainConfig:
         check_choice("transition", self.transition, TRANSITIONS)
         check_choice("sl_view", self.sl_view, SL_VIEWS)
         check_choice("nonfinite", self.nonfinite, NONFINITE)
+        check_choice("finetune_from", self.finetune_from, FINETUNE_FROM)
         check_choice("compile", self.compile, COMPILE)
         check_choice("cuda_graph", self.cuda_graph, (True, False))
         check_int("ssl_epochs", self.ssl_epochs, 0)
@@ -159,7 +169,7 @@ def resolve_plan(
     if layer_decay is None:
         layer_decay = 0.75 if pretrained else 1.0
     stages = {}
-    for stage, phases in STAGES.items():
+    for stage, phases in optimizer_stages(config.finetune_from).items():
         specs = [p for p in schedule.phases if p.name in phases]
         total = sum(n for e, n in zip(schedule.epochs(), epoch_steps) if e.phase in phases)
         if total == 0:
@@ -207,8 +217,10 @@ def check_resumable(config: TrainConfig, steps: dict[str, int], state: dict[str,
         )
 
 
-def stage_of(phase: str) -> str:
-    return next(stage for stage, phases in STAGES.items() if phase in phases)
+def stage_of(phase: str, finetune_from: str = "mix") -> str:
+    return next(
+        stage for stage, phases in optimizer_stages(finetune_from).items() if phase in phases
+    )
 
 
 @dataclass

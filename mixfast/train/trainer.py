@@ -308,8 +308,8 @@ class MixTrainer:
     def _train_epoch(self, spec: EpochSpec, out: Path | None) -> bool:
         """Train one epoch from the saved position; True when asked to stop early."""
         cfg, phase, pos = self.config, spec.phase, self.position
-        if self.stage != stage_of(phase):
-            self._new_stage(stage_of(phase))
+        if self.stage != stage_of(phase, cfg.finetune_from):
+            self._new_stage(stage_of(phase, cfg.finetune_from))
         net = self._phase_net(phase)
         if pos.step_in_epoch == 0:
             for s in self.batches.of_phase(phase):
@@ -402,7 +402,7 @@ class MixTrainer:
         done = sum(
             self.epoch_steps[spec.index]
             for spec in self.schedule.epochs()[: self.position.epoch]
-            if stage_of(spec.phase) == self.stage
+            if stage_of(spec.phase, self.config.finetune_from) == self.stage
         )
         return done + self.position.step_in_epoch
 
