@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixfast.ops import random_masking
 from mixfast.ops.cast_once import cast_once
-from mixfast.train.objectives import Objectives
+from mixfast.train.objectives import Objectives, weight_cast
 
 
 class OpCounts(TorchDispatchMode):
@@ -105,3 +105,9 @@ def test_objectives_cast_once_is_off_without_autocast():
     with OpCounts() as trace:
         net("sl", torch.randn(2, 1, 16, 16))
     assert trace.counts["_to_copy"] == 0 and "new_empty" not in trace.counts
+
+
+def test_weight_cast_is_bf16_under_amp_except_under_ddp():
+    assert weight_cast(amp=True, distributed=False) is torch.bfloat16
+    assert weight_cast(amp=True, distributed=True) is None  # keeps DDP's backward overlap
+    assert weight_cast(amp=False, distributed=False) is None

@@ -67,6 +67,13 @@ class Objectives(nn.Module):
         return self._linear
 
 
+def weight_cast(amp: bool, distributed: bool) -> torch.dtype | None:
+    """Objectives' cast_dtype: bf16 under AMP, except under DDP, whose bucketed all-reduce
+    overlaps the backward only while gradients arrive layer by layer (cast_once hands all
+    of them over at the end)."""
+    return torch.bfloat16 if amp and not distributed else None
+
+
 def mixed_extra_kwargs(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
     """label_smoothing for forward_mixed, when the model's forward_mixed takes it."""
     params = inspect.signature(model.forward_mixed).parameters

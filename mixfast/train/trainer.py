@@ -61,6 +61,7 @@ from mixfast.train.objectives import (
     mixed_extra_kwargs,
     phase_masks,
     takes_precomputed_masks,
+    weight_cast,
 )
 from mixfast.train.stopping import StopRequests
 from mixfast.train.streams import EvalBatches, Stream, check_labels, evaluate, num_classes
@@ -468,8 +469,8 @@ class MixTrainer:
     def _phase_net(self, phase: str) -> nn.Module:
         """The model as `phase` calls it: under DDP with the phase's unused parameters frozen."""
         if self._net_phase != phase:
-            amp = torch.bfloat16 if self.resolved["amp"] else None  # ops/cast_once.py
-            net = Objectives(self.model, cast_dtype=amp)
+            cast = weight_cast(self.resolved["amp"], self.dist.enabled)  # ops/cast_once.py
+            net = Objectives(self.model, cast_dtype=cast)
             if self.dist.enabled:
                 fn = make_loss(phase, self.config, len(self.batches.sl_streams), self._mixed_kwargs)
                 batch = self.batches.sample(phase)
@@ -539,10 +540,8 @@ class MixTrainer:
         if self.stops.signal is None:
             return
         where = f"; resume with --resume --out {out}" if out else ""
-        print(
-            f"mixfast: stopped at step {self.position.global_step}, checkpoint saved{where}",
-            file=sys.stderr,
-        )
+        step = self.position.global_step
+        print(f"mixfast: stopped at step {step}, checkpoint saved{where}", file=sys.stderr)
         if self.stops.signal == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(self.stops.exit_code())
