@@ -23,6 +23,10 @@ bandwidth- and latency-bound: the whole call moves a few tens of MB. So:
   rows by a second loop over the key tiles (some recomputation instead of atomics).
 - Launch configs: two to four spill-free candidates per (tile, head dim, dtype), timed once per
   process on the GPU at the first call (a few compiles; MIXFAST_AUTOTUNE=0 takes the first).
+  Sequences of at most 64 tokens with at most 4 heads (ViT-Tiny's 17-token SSL sequences have
+  3) also get a candidate whose program takes every head of its sequence (HEADS constexpr,
+  a static loop over heads): a few times fewer, larger programs. The tuner keeps it only where
+  it times faster, so one head per program stays wherever it wins.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import triton.language as tl
 
 LOG2E = math.log2(math.e)
 MAX_TILE = 128
+SHARED_HEADS_TILE = 64  # sequences this short may take all heads in one program...
+MAX_SHARED_HEADS = 4  # ...when they have at most this many heads
 
 
 @triton.jit
@@ -56,13 +62,15 @@ def _store_tile(base, value, rows, length, stride_t, offs_d, HEAD_DIM: tl.conste
 
 
 @triton.jit
-def _seq_bounds(cu_seqlens, num_heads, seq_base):
-    """(first row, head) of this program's sequence (seq_base + program / heads: a launch serves
-    one group of sequences) as int64, for the global offsets; its length as int32: offsets
-    inside one sequence stay 32-bit (half the registers of 64-bit ones)."""
+def _seq_bounds(cu_seqlens, num_heads, seq_base, HEADS: tl.constexpr):
+    """(first row, first head) of this program's sequence (seq_base + program / (heads / HEADS):
+    a launch serves one group of sequences; a program takes HEADS consecutive heads) as int64,
+    for the global offsets; its length as int32: offsets inside one sequence stay 32-bit (half
+    the registers of 64-bit ones)."""
     pid = tl.program_id(0).to(tl.int64)
-    seq = seq_base + pid // num_heads
-    head = pid % num_heads
+    head_blocks = num_heads // HEADS
+    seq = seq_base + pid // head_blocks
+    head = (pid % head_blocks) * HEADS
     start = tl.load(cu_seqlens + seq)
     length = tl.load(cu_seqlens + seq + 1) - start
     return start.to(tl.int64), length, head
@@ -76,12 +84,30 @@ def _varlen_attn_fwd_kernel(
     num_heads, seq_base, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HEADS: tl.constexpr,
 ):  # fmt: skip
-    start, length, head = _seq_bounds(CU_SEQLENS, num_heads, seq_base)
+    start, length, head0 = _seq_bounds(CU_SEQLENS, num_heads, seq_base, HEADS)
     m_start = tl.program_id(1) * BLOCK_M
     if m_start >= length:
         return
     qk_scale = tl.cast(qk_scale, tl.float32)  # softmax scale * log2(e): exp2 below
+    for h in tl.static_range(HEADS):
+        _fwd_head(
+            Q, K, V, O, LSE, start, length, head0 + h, m_start,
+            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+            stride_lh, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, INPUT_PRECISION,
+        )  # fmt: skip
+
+
+@triton.jit
+def _fwd_head(
+    Q, K, V, O, LSE, start, length, head, m_start,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_lh, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Output and lse of one head's query rows [m_start, m_start + BLOCK_M) of one sequence."""
     q_base = Q + start * stride_qt + head * stride_qh
     k_base = K + start * stride_kt + head * stride_kh
     v_base = V + start * stride_vt + head * stride_vh
@@ -141,12 +167,34 @@ def _varlen_attn_bwd_kernel(
     num_heads, seq_base, softmax_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HEADS: tl.constexpr,
 ):  # fmt: skip
-    start, length, head = _seq_bounds(CU_SEQLENS, num_heads, seq_base)
+    start, length, head0 = _seq_bounds(CU_SEQLENS, num_heads, seq_base, HEADS)
     n_start = tl.program_id(1) * BLOCK_N
     if n_start >= length:
         return
     softmax_scale = tl.cast(softmax_scale, tl.float32)
+    for h in tl.static_range(HEADS):
+        _bwd_head(
+            Q, K, V, O, DO, LSE, DQ, DK, DV, start, length, head0 + h, n_start,
+            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+            stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt,
+            stride_dvh, stride_lh, softmax_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, INPUT_PRECISION,
+        )  # fmt: skip
+
+
+@triton.jit
+def _bwd_head(
+    Q, K, V, O, DO, LSE, DQ, DK, DV, start, length, head, n_start,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+    stride_lh, softmax_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dk, dv of one head's key rows [n_start, n_start + BLOCK_N) of one sequence, and dq of
+    the rows it completes (all of them when the sequence fits the key tile)."""
     qk_scale = softmax_scale * 1.4426950408889634
     q_base = Q + start * stride_qt + head * stride_qh
     k_base = K + start * stride_kt + head * stride_kh
@@ -257,12 +305,12 @@ def _tile(max_seqlen: int) -> int:
 
 
 @functools.cache  # read-only lists: callers copy a config before changing it
-def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
+def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype, heads: int = 1) -> list[dict]:
     """Launch configs worth timing; the first is the default (and the interpreter's). Each one
     compiles for sm_90 without register spills (ptxas -v, strides divisible by 16 as the JIT
     specialises them), except fp32."""
     if dtype == torch.float32:  # exact fp32 products are register-hungry: small tiles
-        return [dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 32), num_warps=4)]
+        return [dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 32), num_warps=4, HEADS=1)]
     if head_dim <= 64:
         configs = [
             dict(BLOCK_M=tile, BLOCK_N=min(tile, 64), num_warps=8 if tile >= 128 else 4),
@@ -276,15 +324,15 @@ def _fwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
             dict(BLOCK_M=tile, BLOCK_N=min(tile, 32), num_warps=8 if tile >= 128 else 4),
             dict(BLOCK_M=min(tile, 64), BLOCK_N=min(tile, 64), num_warps=4),
         ]
-    return _unique(configs)
+    return _with_heads(configs, tile, heads)
 
 
 @functools.cache
-def _bwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
+def _bwd_candidates(tile: int, head_dim: int, dtype: torch.dtype, heads: int = 1) -> list[dict]:
     """BLOCK_N (the key tile a program owns) = tile keeps every sequence up to 128 tokens on the
     one-pass path; a smaller key tile trades that for smaller, more numerous programs."""
     if dtype == torch.float32:
-        return [dict(BLOCK_M=min(tile, 16), BLOCK_N=min(tile, 32), num_warps=4)]
+        return [dict(BLOCK_M=min(tile, 16), BLOCK_N=min(tile, 32), num_warps=4, HEADS=1)]
     if head_dim <= 64:
         warps = 8 if tile >= 128 else 4
         configs = [
@@ -299,10 +347,16 @@ def _bwd_candidates(tile: int, head_dim: int, dtype: torch.dtype) -> list[dict]:
             dict(BLOCK_M=min(tile, 16), BLOCK_N=tile, num_warps=8 if tile >= 128 else 4),
             dict(BLOCK_M=min(tile, 32), BLOCK_N=min(tile, 64), num_warps=8 if tile >= 64 else 4),
         ]
-    return _unique(configs)
+    return _with_heads(configs, tile, heads)
 
 
-def _unique(configs: list[dict]) -> list[dict]:
+def _with_heads(configs: list[dict], tile: int, heads: int) -> list[dict]:
+    """Every config on one head per program (HEADS=1, the default), then, for short sequences
+    (tile <= SHARED_HEADS_TILE), the default config taking all heads of a sequence in one
+    program: a few times the work per program, a few times fewer programs."""
+    configs = [dict(c, HEADS=1) for c in configs]
+    if 1 < heads <= MAX_SHARED_HEADS and tile <= SHARED_HEADS_TILE:
+        configs.append(dict(configs[0], HEADS=heads))
     return [c for i, c in enumerate(configs) if c not in configs[:i]]
 
 
@@ -352,7 +406,7 @@ def _precision(dtype: torch.dtype) -> str:
 def _run_config(config: dict, interpret: bool) -> dict:
     """Launch options: num_warps only means something on a GPU."""
     if interpret:
-        return {k: v for k, v in config.items() if k.startswith("BLOCK")}
+        return {k: v for k, v in config.items() if k != "num_warps"}
     return config
 
 
@@ -381,7 +435,7 @@ def varlen_attn_fwd(
         return out, lse
 
     def launch(config: dict, first: int, count: int, longest: int) -> None:
-        grid = (count * heads, triton.cdiv(longest, config["BLOCK_M"]))
+        grid = (count * heads // config["HEADS"], triton.cdiv(longest, config["BLOCK_M"]))
         _varlen_attn_fwd_kernel[grid](
             q, k, v, out, lse, cu_seqlens,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -393,9 +447,10 @@ def varlen_attn_fwd(
 
     for first, count, longest in launch_groups(seq_groups, num_seqs, max_seqlen):
         tile = _tile(longest)
-        key = ("fwd", tile, head_dim, q.dtype, q.device)
+        key = ("fwd", tile, head_dim, q.dtype, q.device, heads)
         group = functools.partial(launch, first=first, count=count, longest=longest)
-        group(_pick_config(key, _fwd_candidates(tile, head_dim, q.dtype), group, q.is_cuda))
+        candidates = _fwd_candidates(tile, head_dim, q.dtype, heads)
+        group(_pick_config(key, candidates, group, q.is_cuda))
     return out, lse
 
 
@@ -426,7 +481,7 @@ def varlen_attn_bwd(
         return dq, dk, dv
 
     def launch(config: dict, first: int, count: int, longest: int) -> None:
-        grid = (count * heads, triton.cdiv(longest, config["BLOCK_N"]))
+        grid = (count * heads // config["HEADS"], triton.cdiv(longest, config["BLOCK_N"]))
         _varlen_attn_bwd_kernel[grid](
             q, k, v, out, grad_out, lse, dq, dk, dv, cu_seqlens,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -440,7 +495,8 @@ def varlen_attn_bwd(
 
     for first, count, longest in launch_groups(seq_groups, num_seqs, max_seqlen):
         tile = _tile(longest)
-        key = ("bwd", tile, head_dim, q.dtype, q.device)
+        key = ("bwd", tile, head_dim, q.dtype, q.device, heads)
         group = functools.partial(launch, first=first, count=count, longest=longest)
-        group(_pick_config(key, _bwd_candidates(tile, head_dim, q.dtype), group, q.is_cuda))
+        candidates = _bwd_candidates(tile, head_dim, q.dtype, heads)
+        group(_pick_config(key, candidates, group, q.is_cuda))
     return dq, dk, dv

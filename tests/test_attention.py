@@ -232,6 +232,41 @@ def test_every_tuning_candidate_is_correct(head_dim, candidate, triton_device, m
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("lengths, heads", [([17, 1, 30, 0, 9], 3), ([50, 64, 2], 2)])
+def test_programs_taking_all_heads_of_a_sequence_are_correct(
+    lengths, heads, triton_device, monkeypatch
+):
+    """The short-sequence candidate whose program loops over every head of its sequence
+    (HEADS = heads), forward and backward, against the reference (run here in fp32)."""
+    from mixfast.kernels import attention
+
+    picked = []
+
+    def pick(key, candidates, launch, on_gpu):
+        kind, tile, head_dim = key[:3]
+        make = attention._fwd_candidates if kind == "fwd" else attention._bwd_candidates
+        config = make(tile, head_dim, torch.bfloat16, heads)[-1]
+        picked.append(config["HEADS"])
+        return config
+
+    monkeypatch.setattr(attention, "_pick_config", pick)
+    got, want = _kernel_and_reference(lengths, heads, 64, triton_device)
+    assert picked == [heads, heads]
+    for name, g, w in zip(("out", "lse", "dq", "dk", "dv"), got, want):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_all_heads_candidates_only_for_short_sequences():
+    from mixfast.kernels import attention
+
+    for make in (attention._fwd_candidates, attention._bwd_candidates):
+        assert make(32, 64, torch.bfloat16, 3)[-1]["HEADS"] == 3
+        assert all(c["HEADS"] == 1 for c in make(128, 64, torch.bfloat16, 3))  # long: one head
+        assert all(c["HEADS"] == 1 for c in make(32, 64, torch.bfloat16, 8))  # many heads
+        assert make(32, 64, torch.bfloat16, 3)[0]["HEADS"] == 1  # the default stays one head
+
+
+@pytest.mark.triton
 def test_a_launch_per_group_of_lengths_gives_the_same_numbers(triton_device, monkeypatch):
     """The packed mix layout launched per host-known group (SSL 17 tokens: tile 32; SL 65:
     tile 128) against one launch for all (tile 128) and the reference, forward and backward."""
@@ -400,18 +435,21 @@ def _ptxas_spill_bytes(ptx: str, tmp_path) -> int | None:
 
 
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
-def test_kernels_compile_for_sm90_on_tensor_cores_without_spills(kind, tmp_path):
-    """The default bf16 config of the mix-step tile (128) at head dim 64."""
+@pytest.mark.parametrize("tile, heads", [(128, 1), (32, 3)])
+def test_kernels_compile_for_sm90_on_tensor_cores_without_spills(kind, tile, heads, tmp_path):
+    """The default bf16 config of the mix-step tiles at head dim 64: the SL sequences' (128),
+    and the SSL sequences' (32) with all 3 heads of ViT-Tiny in one program."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         pytest.skip("the GPU compiler is not used under TRITON_INTERPRET=1")
     pytest.importorskip("triton.backends.nvidia")
     from mixfast.kernels import attention
 
     make = attention._fwd_candidates if kind == "fwd" else attention._bwd_candidates
-    config = dict(make(128, 64, torch.bfloat16)[0])
+    config = dict(make(tile, 64, torch.bfloat16, heads)[-1 if heads > 1 else 0])
     fn = attention._varlen_attn_fwd_kernel if kind == "fwd" else attention._varlen_attn_bwd_kernel
     num_warps = config.pop("num_warps")
     constexprs = dict(config, HEAD_DIM=64, BLOCK_D=64, INPUT_PRECISION="tf32")
     ptx = _compile_for_sm90(fn, "bf16", constexprs, num_warps).asm["ptx"]
-    assert "wgmma.mma_async" in ptx  # Hopper tensor cores
+    # Hopper's warpgroup MMA needs 64 rows; a 32-row tile runs on mma.sync tensor cores
+    assert ("wgmma.mma_async" if tile >= 64 else "mma.sync") in ptx
     assert _ptxas_spill_bytes(ptx, tmp_path) in (0, None)
