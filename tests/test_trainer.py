@@ -347,7 +347,7 @@ def test_command_line_flags():
         "--sl-view masked --mask-ratio 0.6 --batch-size 8 --accum-steps 2 --blr 0.002 "
         "--warmup-epochs 2 --weight-decay 0.1 --layer-decay 0.65 --label-smoothing 0 "
         "--clip-grad 1.0 --seed 7 --device cpu --no-compile --out runs/x --resume "
-        "--nonfinite skip".split()
+        "--nonfinite skip --finetune-from sl".split()
     )
     config = config_from_args(args)
     assert config == TrainConfig(
@@ -372,9 +372,11 @@ def test_command_line_flags():
         out="runs/x",
         resume=True,
         nonfinite="skip",
+        finetune_from="sl",
     )
     defaults = config_from_args(parser.parse_args([]))
     assert defaults == TrainConfig()
+    assert config_from_args(parser.parse_args(["--compile"])).compile is True
     with pytest.raises(ValueError, match="mix_ratio"):
         config_from_args(parser.parse_args(["--mix-ratio", "2"]))
 

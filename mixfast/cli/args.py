@@ -36,8 +36,18 @@ CHOICES = {
     "nonfinite": NONFINITE,
     "finetune_from": FINETUNE_FROM,
 }
-SWITCHES = {  # field -> (flag, argparse kwargs)
-    "compile": ("--no-compile", dict(action="store_const", const=False)),
+SWITCHES = {  # field -> (flag, argparse kwargs), or a list of them
+    "compile": [
+        ("--no-compile", dict(action="store_const", const=False)),
+        (
+            "--compile",
+            dict(
+                action="store_const",
+                const=True,
+                help="torch.compile the step on CPU too (default: on CUDA only)",
+            ),
+        ),
+    ],
     "amp": ("--no-amp", dict(action="store_false")),
     "cuda_graph": (
         "--cuda-graph",
@@ -78,8 +88,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         if name in NOT_FLAGS:
             continue
         if name in SWITCHES:
-            switch, kwargs = SWITCHES[name]
-            group.add_argument(switch, dest=name, **kwargs)
+            switches = SWITCHES[name]
+            for switch, kwargs in switches if isinstance(switches, list) else [switches]:
+                group.add_argument(switch, dest=name, **kwargs)
             continue
         kwargs: dict[str, Any] = dict(default=getattr(defaults, name))
         if name in HELP:
