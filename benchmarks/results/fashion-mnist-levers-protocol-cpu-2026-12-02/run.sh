@@ -42,4 +42,3 @@ run layer-decay1.0 ssl+sl data-limited control-sslsl-layer-decay1.0-dl 0.05 0.1 
 run layer-decay1.0 mix semi-supervised layer-decay1.0-semi 0.05 0.1 0.25
 python benchmarks/results/fashion-mnist-rho-cpu-2026-12-02/summarize.py "$HERE" \
     "a(t) constant, layer decay 1.0, fine-tune optimizer from the SL phase" > "$HERE/levers.md"
-python "$HERE/control.py" "$HERE" >> "$HERE/levers.md"

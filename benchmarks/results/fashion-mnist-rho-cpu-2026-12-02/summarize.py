@@ -4,6 +4,9 @@ choices are read) and test top-1 (read once per run) beside it.
 
     python summarize.py benchmarks/results/fashion-mnist-rho-cpu-2026-12-02 > rho.md
     python summarize.py FOLDER "TITLE" > OUT.md    # another study's arms (same protocol)
+
+A folder control-sslsl-<arm> beside the arms (ssl+sl run with the arm's change) adds a table:
+that ssl+sl against the protocol's, and the arm's mix against it.
 """
 
 import json
@@ -62,4 +65,24 @@ for arm_dir in sorted(p for p in here.iterdir() if (p / "compare.json").exists()
             f"| {paired(runs, base, 'val_top1')} "
             f"| {paired(runs, mix_default.get(cell, {}), 'val_top1')} | {100 * test:.2f} "
             f"| {paired(runs, base, 'top1')} | {flops:.3f} | {verdict(diff, flops)} | {wall:.2f} |"
+        )
+
+for control_dir in sorted(here.glob("control-sslsl-*")):
+    arm_dir = here / control_dir.name.removeprefix("control-sslsl-")
+    control, mix = by_cell(control_dir / "compare.json", "ssl+sl"), by_cell(arm_dir / "compare.json", "mix")
+    print(f"\n## Control: {control_dir.name} (ssl+sl with the change of {arm_dir.name})\n")
+    print("| regime | fraction | ssl+sl val | Δ val vs the protocol's ssl+sl | mix − this ssl+sl, val "
+          "| same, test | FLOPs ratio | verdict (val, FLOPs) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for cell in sorted(control):
+        runs, arm = control[cell], mix.get(cell, {})
+        seeds = sorted(set(arm) & set(runs))
+        val = sum(r["val_top1"] for r in runs.values()) / len(runs)
+        flops = sum(arm[s]["flops"] / runs[s]["flops"] for s in seeds) / max(len(seeds), 1)
+        diff = paired_diff([100 * arm[s]["val_top1"] for s in seeds],
+                           [100 * runs[s]["val_top1"] for s in seeds])  # fmt: skip
+        print(
+            f"| {cell[0]} | {cell[1]:g} | {100 * val:.2f} | {paired(runs, ssl_sl.get(cell, {}), 'val_top1')} "
+            f"| {paired(arm, runs, 'val_top1')} | {paired(arm, runs, 'top1')} | {flops:.3f} "
+            f"| {verdict(diff, flops)} |"
         )
