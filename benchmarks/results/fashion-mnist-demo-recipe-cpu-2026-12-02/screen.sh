@@ -21,3 +21,7 @@ run w128h4 --embed-dim 128 --num-heads 4
 # Same sample passes over more distinct images (the SL passes of 8 epochs of 9,900 images)
 run n22k-ep4 --train-limit 22000 --sl-epochs 4 --warmup-epochs 0.5
 run n44k-ep2 --train-limit 44000 --sl-epochs 2 --warmup-epochs 0.25
+# Larger batches: bigger matmuls run faster per image on the CPU; more epochs in the same time
+# (their second seeds ran alone on the machine: compare with demo/'s SL runs, 45-47 s)
+run b128-ep12 --batch-size 128 --sl-epochs 12
+run b256-ep16 --batch-size 256 --sl-epochs 16
