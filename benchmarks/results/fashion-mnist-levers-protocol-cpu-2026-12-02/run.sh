@@ -12,8 +12,9 @@
 #                       AdamW opens the SL phase (the protocol: it opens the mix phase)
 # Then, because layer decay 1.0 looked best: the same change for ssl+sl (the control: does it
 # help mix more than the baseline?) and layer decay 1.0 in the semi-supervised regime.
-# Left out for time (each about 20 min here): the data-limited fraction 1.0 cells, and the other
-# arms' semi-supervised cells (finetune-from-sl lost clearly in the data-limited regime).
+# Left out for time (each about 20 min here): the data-limited fraction 1.0 cells of the other
+# arms and of the control, and the other arms' semi-supervised cells (finetune-from-sl lost
+# clearly in the data-limited regime).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 HERE=benchmarks/results/fashion-mnist-levers-protocol-cpu-2026-12-02
@@ -40,5 +41,6 @@ for arm in alpha-constant0.5 layer-decay1.0 finetune-from-sl; do
 done
 run layer-decay1.0 ssl+sl data-limited control-sslsl-layer-decay1.0-dl 0.05 0.1 0.25
 run layer-decay1.0 mix semi-supervised layer-decay1.0-semi 0.05 0.1 0.25
+run layer-decay1.0 mix data-limited layer-decay1.0-dl-f1 1.0  # the best arm's fourth fraction
 python benchmarks/results/fashion-mnist-rho-cpu-2026-12-02/summarize.py "$HERE" \
     "a(t) constant, layer decay 1.0, fine-tune optimizer from the SL phase" > "$HERE/levers.md"
