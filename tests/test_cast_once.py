@@ -99,12 +99,15 @@ def test_objectives_cast_once_equals_autocast_and_launches_fewer_casts(kind):
     assert counts_once["cat"] - counts["cat"] == 2
 
 
-def test_objectives_cast_once_is_off_without_autocast():
+def test_objectives_cast_once_is_off_without_autocast_or_under_another_dtype():
     model = tiny_model(drop_path=0.0)
     net = Objectives(model, cast_dtype=torch.bfloat16)
     with OpCounts() as trace:
         net("sl", torch.randn(2, 1, 16, 16))
     assert trace.counts["_to_copy"] == 0 and "new_empty" not in trace.counts
+    with OpCounts() as trace, torch.autocast("cpu", dtype=torch.float16):
+        net("sl", torch.randn(2, 1, 16, 16))
+    assert "new_empty" not in trace.counts  # fp16 autocast: its own casts, not bf16 ones
 
 
 def test_weight_cast_is_bf16_under_amp_except_under_ddp():

@@ -53,7 +53,11 @@ class Objectives(nn.Module):
         if self.cast_dtype is None:
             return False
         device = next(self.model.parameters()).device.type
-        return torch.is_autocast_enabled(device) and bool(self._linear_params())
+        return (
+            torch.is_autocast_enabled(device)
+            and torch.get_autocast_dtype(device) == self.cast_dtype  # else autocast recasts
+            and bool(self._linear_params())
+        )
 
     def _linear_params(self) -> dict[str, torch.Tensor]:
         """Weights and biases of every nn.Linear, by their name in this module."""
