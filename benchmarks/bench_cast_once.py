@@ -18,16 +18,14 @@ back, one kernel each) against cast_dtype=bf16 (one cat each way). Per step:
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 
 import harness
 import torch
 import torch.nn.functional as F
-from bench_launches import METADATA_OPS
+from bench_launches import ComputeOps
 from harness import Column
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixfast.model import create_model
 from mixfast.ops import random_masking
@@ -35,18 +33,6 @@ from mixfast.train.objectives import Objectives
 
 KINDS = ("ssl", "sl", "mixed")
 IMPLS = {"autocast": None, "cast_once": torch.bfloat16}
-
-
-class OpCounts(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name not in METADATA_OPS:
-            self.counts[name] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def make_step(impl: str, kind: str, device: str, batch: int, depth: int) -> Callable[[], None]:
@@ -79,9 +65,9 @@ def make_step(impl: str, kind: str, device: str, batch: int, depth: int) -> Call
 def measure(impl: str, kind: str, device: str, batch: int, depth: int) -> dict:
     step = make_step(impl, kind, device, batch, depth)
     step()  # the first mixed forward builds what it caches
-    with OpCounts() as trace:
+    with ComputeOps() as trace:
         step()
-    row = {"ops": sum(trace.counts.values()), "casts": trace.counts["_to_copy"]}
+    row = {"ops": trace.count, "casts": trace.counts["_to_copy"]}
     if torch.device(device).type != "cuda":  # CPU bf16 matmuls are emulated: seconds a step
         return row
     median, low, high = harness.quantiles_ms(step, device, budget_ms=2000.0)

@@ -19,7 +19,7 @@ pytest:  pytest benchmarks/bench_launches.py   (tiny model, eager, CPU)
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from functools import partial
 
@@ -44,15 +44,21 @@ LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLa
 
 
 class ComputeOps(TorchDispatchMode):
-    """Counts the aten ops that would launch a kernel (metadata ops excluded)."""
+    """Counts the aten ops that would launch a kernel (metadata ops excluded), in all and by
+    name (`counts`)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ not in METADATA_OPS:
-            self.count += 1
+        name = func.overloadpacket.__name__
+        if name not in METADATA_OPS:
+            self.counts[name] += 1
         return func(*args, **(kwargs or {}))
 
 

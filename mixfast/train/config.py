@@ -23,15 +23,17 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 # Settings that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "progress", "log_every", "num_workers", "stop_after", "device"}
 RESUMABLE |= {"compile", "compile_backend", "augment", "cuda_graph"}
-FINETUNE_FROM = ("mix", "sl")  # the phase that opens the fine-tune optimizer
+# finetune_from (the phase that opens the fine-tune optimizer) -> optimizer stage -> its phases
+STAGES = {
+    "mix": {"pretrain": ("ssl",), "finetune": ("mix", "sl")},
+    "sl": {"pretrain": ("ssl", "mix"), "finetune": ("sl",)},  # mix on the pre-train optimizer
+}
+FINETUNE_FROM = tuple(STAGES)
 
 
 def optimizer_stages(finetune_from: str = "mix") -> dict[str, tuple[str, ...]]:
-    """Optimizer stage -> its phases. The mix phase opens the fine-tune stage by default;
-    finetune_from="sl" keeps the pre-train optimizer through the mix phase."""
-    if finetune_from == "sl":
-        return {"pretrain": ("ssl", "mix"), "finetune": ("sl",)}
-    return {"pretrain": ("ssl",), "finetune": ("mix", "sl")}
+    """Optimizer stage -> its phases (read-only)."""
+    return STAGES[finetune_from]
 
 
 class NonFiniteLossError(RuntimeError):

@@ -37,11 +37,11 @@ class Objectives(nn.Module):
     ) -> None:
         super().__init__()
         self.model, self.class_forwards, self.cast_dtype = model, class_forwards, cast_dtype
-        self._linear: dict[str, torch.Tensor] | None = None
+        self._linear: tuple[list[str], list[torch.Tensor]] | None = None
 
     def forward(self, kind: str, *args, _cast: bool = True, **kwargs):
         if _cast and self._casting():
-            names, params = zip(*self._linear_params().items(), strict=True)
+            names, params = self._linear_params()
             casts = dict(zip(names, cast_once(params, self.cast_dtype), strict=True))
             return functional_call(self, casts, (kind, *args), {**kwargs, "_cast": False})
         name = f"forward_{kind}"
@@ -56,18 +56,19 @@ class Objectives(nn.Module):
         return (
             torch.is_autocast_enabled(device)
             and torch.get_autocast_dtype(device) == self.cast_dtype  # else autocast recasts
-            and bool(self._linear_params())
+            and bool(self._linear_params()[1])
         )
 
-    def _linear_params(self) -> dict[str, torch.Tensor]:
-        """Weights and biases of every nn.Linear, by their name in this module."""
+    def _linear_params(self) -> tuple[list[str], list[torch.Tensor]]:
+        """(names in this module, tensors) of every nn.Linear's weight and bias, found once."""
         if self._linear is None:
-            self._linear = {
-                f"model.{module_name}.{name}": p
+            pairs = [
+                (f"model.{module_name}.{name}", p)
                 for module_name, module in self.model.named_modules()
                 if isinstance(module, nn.Linear)
                 for name, p in module.named_parameters(recurse=False)
-            }
+            ]
+            self._linear = ([n for n, _ in pairs], [p for _, p in pairs])
         return self._linear
 
 
