@@ -188,7 +188,7 @@ def _backend_name(device: torch.device) -> str:
 def _tuned_configs() -> dict:
     """Launch configs the kernels' autotuner picked in this run (empty off the GPU)."""
     try:
-        from mixfast.kernels.attention import tuned_configs
+        from mixfast.kernels.attention_configs import tuned_configs
     except ImportError:
         return {}
     return tuned_configs()
