@@ -30,18 +30,19 @@ PROTOCOL = (
     "the end of each run. The pipeline order rotates per seed after an untimed warm-up; cost is "
     "training time (evaluation apart) and model FLOPs (forward + backward, load-independent)."
 )
-# `make demo`: the three pipelines at two label fractions of an 11,000-image Fashion-MNIST
-# subset (1,100 of it validation), two seeds, sized for about 8 minutes on 2 CPU cores. The
-# recipe (model, lrs, batch, epochs, no augmentation) was chosen on validation:
-# benchmarks/results/fashion-mnist-recipe-cpu-2026-12-01/.
+# `make demo`: the three pipelines at two label fractions of a 33,000-image Fashion-MNIST
+# subset (3,300 of it validation), two seeds, sized for about 6 minutes on 2 CPU cores. The
+# recipe (model, lrs, no augmentation: benchmarks/results/fashion-mnist-recipe-cpu-2026-12-01/;
+# subset, batch 128 and epochs: benchmarks/results/fashion-mnist-demo-batch128-cpu-2026-12-02/)
+# was chosen on validation.
 COMPARE_DEFAULTS: dict[str, Any] = {
     "out": "runs/compare",
-    "train_limit": 11000,
+    "train_limit": 33000,
     "seeds": [0, 1],
-    "ssl_epochs": 4,
-    "sl_epochs": 8,
+    "ssl_epochs": 3,
+    "sl_epochs": 6,
     "mix_ratio": 0.5,
-    "batch_size": 64,
+    "batch_size": 128,
     "blr": 1e-2,
     "ssl_blr": 1e-2,
     "depth": 3,

@@ -4,7 +4,9 @@
 `E_ssl = 0` is plain supervised training, so the three pipelines share one plan and one trainer.
 Inside the mix phase the SSL weight `a(t)` moves from 1 to 0 (linear or cosine) or stays at a
 constant; step `i` of `n` mix steps uses `t = (i + 0.5) / n`, so no mix step gives an objective
-exactly zero weight (that would waste its sub-batch).
+exactly zero weight (that would waste its sub-batch). `ssl_share` (0, 1] is the SSL sub-batch of
+a mix step as a share of the batch (the SSL:SL sub-batch ratio); the SSL passes a smaller
+sub-batch does not make also go to the SSL phase.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class MixSchedule:
         mix_ratio: float = 0.0,
         transition: str = "linear",
         alpha_constant: float = 0.5,
+        ssl_share: float = 1.0,
     ) -> None:
         check_int("ssl_epochs", ssl_epochs, 0)
         check_int("sl_epochs", sl_epochs, 0)
@@ -52,6 +55,9 @@ class MixSchedule:
             raise ValueError(f"transition must be one of {TRANSITIONS}, got {transition!r}")
         if not 0.0 <= float(alpha_constant) <= 1.0:
             raise ValueError(f"alpha_constant must be in [0, 1], got {alpha_constant!r}")
+        if not 0.0 < float(ssl_share) <= 1.0:
+            raise ValueError(f"ssl_share must be in (0, 1], got {ssl_share!r}")
+        self.ssl_share = float(ssl_share)
         self.ssl_epochs = ssl_epochs
         self.sl_epochs = sl_epochs
         self.mix_ratio = float(mix_ratio)
@@ -68,6 +74,7 @@ class MixSchedule:
         mix_ratio: float = 0.0,
         transition: str = "linear",
         alpha_constant: float = 0.5,
+        ssl_share: float = 1.0,
     ) -> MixSchedule:
         """ "sl" drops the SSL epochs, "ssl+sl" drops the mix phase, "mix" keeps mix_ratio."""
         if pipeline not in PIPELINES:
@@ -76,7 +83,7 @@ class MixSchedule:
             ssl_epochs, mix_ratio = 0, 0.0
         elif pipeline == "ssl+sl":
             mix_ratio = 0.0
-        return cls(ssl_epochs, sl_epochs, mix_ratio, transition, alpha_constant)
+        return cls(ssl_epochs, sl_epochs, mix_ratio, transition, alpha_constant, ssl_share)
 
     @property
     def phases(self) -> tuple[Phase, ...]:
@@ -131,8 +138,10 @@ class MixSchedule:
         one pass over the labeled data (it sets the number of steps); the SSL passes the mix
         phase does not make go to the SSL phase, spread over its epochs (the first ones take
         the remainder). With the same images for both objectives every SSL epoch is ssl_steps.
+        Mix steps with SSL sub-batches of `ssl_share` x the batch make that share of the SSL
+        steps (whole SSL steps over the phase: see mix_ssl_rows).
         """
-        mix_ssl = self.mix_epochs * sl_steps
+        mix_ssl = self.mix_ssl_steps(sl_steps)
         ssl_epochs = self.ssl_epochs - self.mix_epochs
         ssl_total = max(self.ssl_epochs * ssl_steps - mix_ssl, 0)
         if ssl_total > 0 and ssl_epochs == 0:
@@ -140,8 +149,8 @@ class MixSchedule:
                 f"{{mix_ratio}} {self.mix_ratio} makes all {self.ssl_epochs} SSL epochs mix "
                 f"epochs, which leaves no SSL-only epoch for the {ssl_total} SSL steps the mix "
                 "phase does not make (the SSL data is larger than the labeled data, e.g. "
-                f"semi-supervised); the mix phase may take at most {self.ssl_epochs - 1} "
-                "epochs: lower {mix_ratio} or raise {ssl_epochs}"
+                "semi-supervised, or {ssl_share} < 1); the mix phase may take at most "
+                f"{self.ssl_epochs - 1} epochs: lower {{mix_ratio}} or raise {{ssl_epochs}}"
             )
         steps = []
         for spec in self.epochs():
@@ -151,6 +160,17 @@ class MixSchedule:
             else:
                 steps.append(sl_steps)
         return steps
+
+    def mix_ssl_steps(self, sl_steps: int) -> int:
+        """The SSL passes of the mix phase, in SSL-phase steps (whole batches)."""
+        return round(self.mix_epochs * sl_steps * self.ssl_share)
+
+    def mix_ssl_rows(self, start: int, stop: int, num_steps: int, batch_size: int) -> int:
+        """SSL rows of mix steps [start, stop) of `num_steps` with batches of `batch_size`:
+        about ssl_share x batch_size each, spread so that the phase carries whole SSL batches
+        (two sub-batch sizes at most; one when the share divides evenly)."""
+        total = round(num_steps * self.ssl_share) * batch_size
+        return stop * total // num_steps - start * total // num_steps
 
     def steps_per_epoch(self, phase: str, ssl_steps: int, sl_steps: int) -> int:
         """Optimizer steps in the first epoch of `phase` (see epoch_steps); 0 if none."""
@@ -175,7 +195,7 @@ class MixSchedule:
             per_phase[phase.name] = {
                 "epochs": phase.epochs,
                 "steps": steps,
-                "ssl_samples": steps * batch_size if phase.name != "sl" else 0,
+                "ssl_samples": self._ssl_samples(phase.name, steps, batch_size),
                 "sl_samples": steps * batch_size * tasks if phase.name != "ssl" else 0,
             }
         total = {
@@ -183,6 +203,11 @@ class MixSchedule:
             for key in ("epochs", "steps", "ssl_samples", "sl_samples")
         }
         return {"phases": per_phase, "total": total}
+
+    def _ssl_samples(self, phase: str, steps: int, batch_size: int) -> int:
+        if phase == "sl":
+            return 0
+        return (round(steps * self.ssl_share) if phase == "mix" else steps) * batch_size
 
     def to_dict(self) -> dict:
         return {
@@ -192,6 +217,7 @@ class MixSchedule:
             "mix_epochs": self.mix_epochs,
             "transition": self.transition,
             "alpha_constant": self.alpha_constant,
+            "ssl_share": self.ssl_share,
             "plan": [(p.name, p.epochs) for p in self.phases],
         }
 

@@ -32,6 +32,7 @@ CLI_CASES = [
     (["--weight-decay", "nan"], "--weight-decay must be a number"),
     (["--mask-ratio", "1"], "--mask-ratio must be in (0.0, 1.0)"),
     (["--mix-ratio", "1.5"], "--mix-ratio must be in [0.0, 1.0]"),
+    (["--ssl-share", "0"], "--ssl-share must be in (0.0, 1.0]"),
     (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
     (["--log-every", "0"], "--log-every must be an integer >= 1"),
     (["--fraction", "0"], "--fraction must be in (0, 1]"),

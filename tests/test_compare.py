@@ -40,26 +40,55 @@ def test_validation_cap_and_off():
     assert prepare_training_data(splits(), val_fraction=0.0).val_data is None
 
 
+@pytest.mark.parametrize("ssl_share", [1.0, 0.5])
 @pytest.mark.parametrize("regime", ["data-limited", "semi-supervised"])
-def test_equal_sample_passes_per_objective(regime):
+def test_equal_sample_passes_per_objective(regime, ssl_share):
     data = prepare_training_data(splits(), fraction=0.25, regime=regime, seed=0)
     passes = {}
     for pipeline in ("ssl+sl", "mix"):
         config = TrainConfig(
             pipeline=pipeline, ssl_epochs=3, sl_epochs=2, mix_ratio=0.5, batch_size=16,
-            device="cpu", compile=False, progress=False,
+            ssl_share=ssl_share, device="cpu", compile=False, progress=False,
         )  # fmt: skip
         torch.manual_seed(0)
         model = create_model(
             "vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, num_classes=10,
             depth=1, embed_dim=32, num_heads=2, decoder_dim=16, decoder_depth=1, decoder_heads=2,
         )  # fmt: skip
+        seen = count_rows(model)
         result = train(config, model, data.ssl_data, data.sl_data, data.val_data)
         passes[pipeline] = result.sample_passes
         assert result.flops > 0 and result.step_flops
+        assert seen == result.sample_passes  # what the model was given is what is reported
     assert passes["mix"] == passes["ssl+sl"]
     if regime == "semi-supervised":  # SSL on the whole pool, labels on the quarter
         assert passes["mix"]["ssl"] > passes["mix"]["sl"]
+
+
+def count_rows(model) -> dict[str, int]:
+    """Wrap the model's training forwards to count the SSL and SL images they are given."""
+    seen = {"ssl": 0, "sl": 0}
+    forward_ssl, forward_sl, forward_mixed = (
+        model.forward_ssl,
+        model.forward_sl,
+        model.forward_mixed,
+    )
+
+    def ssl(images, **kwargs):
+        seen["ssl"] += len(images) if model.training else 0
+        return forward_ssl(images, **kwargs)
+
+    def sl(images, **kwargs):
+        seen["sl"] += len(images) if model.training else 0
+        return forward_sl(images, **kwargs)
+
+    def mixed(ssl_images, sl_images, labels, **kwargs):
+        seen["ssl"] += len(ssl_images)
+        seen["sl"] += len(sl_images)
+        return forward_mixed(ssl_images, sl_images, labels, **kwargs)
+
+    model.forward_ssl, model.forward_sl, model.forward_mixed = ssl, sl, mixed
+    return seen
 
 
 def test_confidence_interval_by_hand():

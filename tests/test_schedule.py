@@ -95,6 +95,31 @@ def test_budget_same_images_rho_zero_and_multitask():
     assert tasks["total"] == {"epochs": 2, "steps": 10, "ssl_samples": 0, "sl_samples": 80}
 
 
+def test_budget_with_a_half_ssl_sub_batch():
+    # same images, SSL x 2 -> MIX x 2 -> SL x 2: the mix phase's 20 steps carry half an SSL
+    # batch each (10 SSL steps' worth), so the SSL phase takes those 10 steps on top of its 20
+    schedule = MixSchedule(4, 4, 0.5, ssl_share=0.5)
+    assert schedule.epoch_steps(ssl_steps=10, sl_steps=10) == [15, 15, 10, 10, 10, 10]
+    budget = schedule.budget(ssl_steps=10, sl_steps=10, batch_size=8)
+    assert budget["phases"]["mix"] == {
+        "epochs": 2, "steps": 20, "ssl_samples": 80, "sl_samples": 160
+    }  # fmt: skip
+    baseline = MixSchedule(4, 4, 0.0).budget(ssl_steps=10, sl_steps=10, batch_size=8)
+    assert budget["total"]["ssl_samples"] == baseline["total"]["ssl_samples"] == 320
+    assert budget["total"]["sl_samples"] == baseline["total"]["sl_samples"]
+    with pytest.raises(ValueError, match="ssl_share"):  # all SSL epochs mix, passes left over
+        MixSchedule(2, 4, 1.0, ssl_share=0.5).epoch_steps(ssl_steps=10, sl_steps=10)
+
+
+@pytest.mark.parametrize(("steps", "share", "batch"), [(20, 0.5, 8), (7, 0.5, 8), (9, 0.3, 10)])
+def test_mix_ssl_rows_make_whole_ssl_batches(steps, share, batch):
+    schedule = MixSchedule(4, 4, 0.5, ssl_share=share)
+    rows = [schedule.mix_ssl_rows(i, i + 1, steps, batch) for i in range(steps)]
+    assert sum(rows) == round(steps * share) * batch  # the SSL phase gives up whole steps
+    assert max(rows) - min(rows) <= 1  # at most two sub-batch sizes
+    assert schedule.mix_ssl_rows(2, 5, steps, batch) == sum(rows[2:5])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -103,6 +128,8 @@ def test_budget_same_images_rho_zero_and_multitask():
         ({"ssl_epochs": 2, "sl_epochs": 2, "mix_ratio": 1.5}, "mix_ratio"),
         ({"ssl_epochs": 2, "sl_epochs": 2, "transition": "step"}, "transition"),
         ({"ssl_epochs": 2, "sl_epochs": 2, "alpha_constant": -0.1}, "alpha_constant"),
+        ({"ssl_epochs": 2, "sl_epochs": 2, "ssl_share": 0.0}, "ssl_share"),
+        ({"ssl_epochs": 2, "sl_epochs": 2, "ssl_share": 1.5}, "ssl_share"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, name):

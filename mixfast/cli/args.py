@@ -62,6 +62,8 @@ SWITCHES = {  # field -> (flag, argparse kwargs), or a list of them
 }
 HELP = {
     "mix_ratio": "rho in [0, 1]",
+    "ssl_share": "SSL sub-batch of a mix step as a share of the batch, in (0, 1] (the SSL "
+    "passes it does not make go to the SSL phase)",
     "batch_size": "per device",
     "blr": "fine-tune base lr per 256",
     "ssl_blr": "pre-train base lr per 256",

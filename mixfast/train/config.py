@@ -51,6 +51,7 @@ class TrainConfig:
     transition: str = "linear"  # a(t): "linear" | "cosine" | "constant"
     alpha_constant: float = 0.5  # a for transition="constant"
     sl_view: str = "full"  # SL loss in a mix step on "full" images or the "masked" view
+    ssl_share: float = 1.0  # SSL sub-batch of a mix step, a share of batch_size in (0, 1]
     mask_ratio: float = 0.75
     batch_size: int = 64  # per device, per objective
     accum_steps: int = 1
@@ -98,6 +99,7 @@ class TrainConfig:
             check_int(name, getattr(self, name), 0)
         check_number("mix_ratio", self.mix_ratio, 0.0, 1.0)
         check_number("alpha_constant", self.alpha_constant, 0.0, 1.0)
+        check_number("ssl_share", self.ssl_share, 0.0, 1.0, low_open=True)
         check_number("mask_ratio", self.mask_ratio, 0.0, 1.0, high_open=True, low_open=True)
         check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         check_number("blr", self.blr, 0.0, math.inf, low_open=True, high_open=True)
@@ -125,6 +127,12 @@ class TrainConfig:
         if self.augment is not None and not callable(self.augment):
             raise ValueError(f"augment must be callable(images) -> images, got {self.augment!r}")
 
+    @classmethod
+    def of_schedule(cls, schedule: MixSchedule) -> TrainConfig:
+        """A "mix" config with the schedule's epochs, rho, a(t) and SSL share."""
+        keys = ("ssl_epochs", "sl_epochs", "mix_ratio", "transition", "alpha_constant", "ssl_share")
+        return cls(pipeline="mix", **{key: getattr(schedule, key) for key in keys})
+
     def schedule(self) -> MixSchedule:
         return MixSchedule.for_pipeline(
             self.pipeline,
@@ -133,6 +141,7 @@ class TrainConfig:
             self.mix_ratio,
             self.transition,
             self.alpha_constant,
+            self.ssl_share,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -67,12 +67,18 @@ class Meters:
             s["step"] += 1
 
     def add_epoch_to(
-        self, totals: dict[str, Any], phase: str, eval_s: float, *, per: int, tasks: int
+        self,
+        totals: dict[str, Any],
+        phase: str,
+        eval_s: float,
+        per: int,
+        tasks: int,
+        ssl_samples: int | None = None,
     ) -> tuple[int, int]:
         """Add this epoch's wall times and sample passes to the run's `totals`; returns the
         (SSL, SL) samples it passed (`per` samples per objective per micro-batch, `tasks`
-        labeled streams)."""
-        ssl_n = self.micro * per if phase != "sl" else 0
+        labeled streams; `ssl_samples`: the epoch's SSL samples when sub-batches are smaller)."""
+        ssl_n = 0 if phase == "sl" else self.micro * per if ssl_samples is None else ssl_samples
         sl_n = self.micro * per * tasks if phase != "ssl" else 0
         totals["phase_wall_s"][phase] += self.train_s
         totals["eval_wall_s"] += eval_s

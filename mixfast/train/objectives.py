@@ -167,24 +167,26 @@ class PhaseBatches:
             streams.insert(0, self.ssl_stream)
         return streams
 
-    def next(self, phase: str) -> dict[str, Any]:
-        """The next micro-batch of `phase`, augmented (or normalised) on the device."""
+    def next(self, phase: str, ssl_rows: int | None = None) -> dict[str, Any]:
+        """The next micro-batch of `phase`, augmented (or normalised) on the device; a mix
+        batch's SSL sub-batch is its first `ssl_rows` rows (None: all of them)."""
 
         def prepare(stream: Stream, images: torch.Tensor) -> torch.Tensor:
             return self.augment(images) if self.augment else stream.normalize(images)
 
-        batch = self._assemble(phase, lambda s: s.next(), prepare)
+        batch = self._assemble(phase, lambda s: s.next(), prepare, ssl_rows)
         for k, (_, labels) in enumerate(batch.get("sl", [])):
             if labels is None:
                 raise ValueError(f"sl_data task {k} yields no labels")
         return batch
 
-    def sample(self, phase: str, count: int = 2) -> dict[str, Any]:
+    def sample(self, phase: str, count: int = 2, ssl_rows: int | None = None) -> dict[str, Any]:
         """A batch of `count` samples of `phase` without moving any stream (for the DDP
         unused-parameter probe and the FLOP count), normalised, not augmented."""
-        return self._assemble(phase, lambda s: s.sample(count), lambda s, x: s.normalize(x))
+        normalize = lambda s, x: s.normalize(x)  # noqa: E731
+        return self._assemble(phase, lambda s: s.sample(count), normalize, ssl_rows)
 
-    def _assemble(self, phase: str, take, prepare) -> dict[str, Any]:
+    def _assemble(self, phase: str, take, prepare, ssl_rows: int | None) -> dict[str, Any]:
         """{"ssl": images} and/or {"sl": [(images, labels)] per task}: `take(stream)` reads a
         batch, `prepare(stream, images)` makes it model input. With one source for both
         objectives a mix batch's SL images are its SSL images (embedded once)."""
@@ -201,6 +203,8 @@ class PhaseBatches:
             for s in self.sl_streams[first:]:
                 images, labels = take(s)
                 tasks.append((prepare(s, images), labels))
+        if phase == "mix" and ssl_rows is not None:
+            batch["ssl"] = batch["ssl"][:ssl_rows]  # the SL sub-batch keeps every row
         return batch
 
 

@@ -53,6 +53,7 @@ from mixfast.train.distributed import Dist, init_distributed, resolve_device, wr
 from mixfast.train.flops import micro_batch_flops
 from mixfast.train.graphs import StepGraphs, make_step_graphs, whole_step
 from mixfast.train.meters import Meters, Position, fresh_totals, progress_bar
+from mixfast.train.mix_steps import MixSteps
 from mixfast.train.objectives import (
     LossFn,
     Objectives,
@@ -88,14 +89,7 @@ class MixTrainer:
         **overrides: Any,
     ) -> None:
         if isinstance(config, MixSchedule):
-            config = TrainConfig(
-                pipeline="mix",
-                ssl_epochs=config.ssl_epochs,
-                sl_epochs=config.sl_epochs,
-                mix_ratio=config.mix_ratio,
-                transition=config.transition,
-                alpha_constant=config.alpha_constant,
-            )
+            config = TrainConfig.of_schedule(config)
         config = dataclasses.replace(config or TrainConfig(), **overrides)
         config.validate()
         self.config = config
@@ -114,13 +108,12 @@ class MixTrainer:
         self.rows: list[dict[str, Any]] = []
         self.steps: dict[str, int] = {}  # first epoch of each phase (for config.json)
         self.epoch_steps: list[int] = []  # optimizer steps of every epoch of the plan
-        self.mix_steps = 0
+        self.mix: MixSteps | None = None
         self.resolved: dict[str, Any] = {}
         self.stage: str | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr: float | None = None
         self._trainable: list[nn.Parameter] = []
-        self._alphas = torch.empty(0)
         self._mixed_kwargs: dict[str, Any] = {}
         self._precompute_masks = False
         self._losses: dict[tuple[str, int], LossFn] = {}
@@ -205,7 +198,7 @@ class MixTrainer:
         sl_steps = max(s.steps for s in sl_streams)
         self.steps = {p: self.schedule.steps_per_epoch(p, ssl_steps, sl_steps) for p in PHASES}
         self.epoch_steps = self.schedule.epoch_steps(ssl_steps, sl_steps)
-        self.mix_steps = self.schedule.mix_epochs * self.steps["mix"]
+        self.mix = MixSteps(self.schedule, self.steps["mix"], cfg.batch_size, self.device)
         self.resolved = resolve_plan(
             cfg,
             self.schedule,
@@ -219,8 +212,6 @@ class MixTrainer:
             two_stream=ssl_stream is not None,
         )
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
-        alphas = [self.schedule.alpha(i, self.mix_steps) for i in range(self.mix_steps)]
-        self._alphas = torch.tensor(alphas, dtype=torch.float32).to(self.device)
         self._mixed_kwargs = mixed_extra_kwargs(self.model, cfg)
         self._precompute_masks = takes_precomputed_masks(self.model)
         self.graphs = make_step_graphs(cfg, self.device, d.world, self._precompute_masks)
@@ -348,7 +339,7 @@ class MixTrainer:
         if self.graphs is not None:
             return self._graphed_step(phase, net, loss_fn)
         for micro in range(cfg.accum_steps):
-            batch = self.batches.next(phase)
+            batch = self.batches.next(phase, self._ssl_rows(phase))
             mask = self._masks(phase, batch)
             sync = micro == cfg.accum_steps - 1 or not self.dist.enabled
             with contextlib.nullcontext() if sync else net.no_sync(), self._autocast():
@@ -361,7 +352,7 @@ class MixTrainer:
 
     def _graphed_step(self, phase: str, net: nn.Module, loss_fn: LossFn) -> None:
         """One step as a replay of the phase's CUDA graph (batch, masks, a(t), lr copied in)."""
-        batch = self.batches.next(phase)
+        batch = self.batches.next(phase, self._ssl_rows(phase))
         mask = self._masks(phase, batch)
         mask = None if isinstance(mask, int) else mask  # an SL step's unused masking offset
         self._set_lr()
@@ -408,17 +399,19 @@ class MixTrainer:
         return done + self.position.step_in_epoch
 
     def _alpha(self, phase: str) -> torch.Tensor | None:
-        """a(t) of this mix step as a 0-dim device tensor (no host-to-device copy per step)."""
-        if phase != "mix":
-            return None
-        mix_first = next(p.first_epoch for p in self.schedule.phases if p.name == "mix")
-        step = (self.position.epoch - mix_first) * self.steps["mix"] + self.position.step_in_epoch
-        return self._alphas[step].clone()
+        return self.mix.alpha(self._mix_index()) if phase == "mix" else None
+
+    def _ssl_rows(self, phase: str) -> int | None:
+        return self.mix.ssl_rows(self._mix_index()) if phase == "mix" else None
+
+    def _mix_index(self, step: int | None = None) -> int:
+        pos = self.position
+        return self.mix.index(pos.epoch, pos.step_in_epoch if step is None else step)
 
     def _count_flops(self, phase: str) -> int:
         """Model FLOPs of one optimizer step of `phase` on all ranks (forward + backward)."""
         fn = make_loss(phase, self.config, len(self.batches.sl_streams), self._mixed_kwargs)
-        batch = self.batches.sample(phase, count=self.config.batch_size)
+        batch = self.batches.sample(phase, self.config.batch_size, self._ssl_rows(phase))
         alpha = torch.tensor(0.5, device=self.device) if phase == "mix" else None
         with self._autocast():
             flops = micro_batch_flops(
@@ -498,9 +491,10 @@ class MixTrainer:
         top1 = self.evaluate() if phase != "ssl" and self.evals else [None] * len(self.evals)
         eval_s = time.perf_counter() - start
         loss, loss_ssl, loss_sl = meters.epoch_means()
-        per = self.config.batch_size * self.dist.world
-        tasks = len(self.batches.sl_streams)
-        ssl_n, sl_n = meters.add_epoch_to(self.totals, phase, eval_s, per=per, tasks=tasks)
+        per, tasks = self.config.batch_size * self.dist.world, len(self.batches.sl_streams)
+        rows = self.mix.ssl_rows(self._mix_index(0), self._mix_index()) if phase == "mix" else None
+        ssl = None if rows is None else rows * self.dist.world * self.config.accum_steps
+        ssl_n, sl_n = meters.add_epoch_to(self.totals, phase, eval_s, per, tasks, ssl)
         row = {
             "phase": phase,
             "epoch": spec.index + 1,
