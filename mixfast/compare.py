@@ -116,9 +116,10 @@ def warm_up(args: argparse.Namespace, base: Any, splits: Any) -> None:
     few = 2 * base.batch_size
     heads = [task.sl_data for task in data.tasks]
     tiny = [dataset_of(s.images[:few], s.labels[:few], s.mean, s.std) for s in heads]
+    ssl_epochs = 1 if base.ssl_share == 1.0 else 2  # an SSL epoch for the passes mix leaves
     for pipeline in args.pipelines:
         config = dataclasses.replace(
-            base, pipeline=pipeline, ssl_epochs=1, sl_epochs=1, mix_ratio=1.0, out=None
+            base, pipeline=pipeline, ssl_epochs=ssl_epochs, sl_epochs=1, mix_ratio=1.0, out=None
         )
         config = dataclasses.replace(config, progress=False, resume=False)
         model = experiment.build_model(settings, data, base.seed)

@@ -21,6 +21,11 @@ TRANSITIONS = ("linear", "cosine", "constant")
 PIPELINES = ("sl", "ssl+sl", "mix")
 
 
+def half_up(x: float) -> int:
+    """x rounded to the nearest int, halves up (Python's round sends 0.5 to 0)."""
+    return math.floor(x + 0.5)
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str  # "ssl" | "mix" | "sl"
@@ -63,7 +68,7 @@ class MixSchedule:
         self.mix_ratio = float(mix_ratio)
         self.transition = transition
         self.alpha_constant = float(alpha_constant)
-        self.mix_epochs = math.floor(self.mix_ratio * min(ssl_epochs, sl_epochs) + 0.5)
+        self.mix_epochs = half_up(self.mix_ratio * min(ssl_epochs, sl_epochs))
 
     @classmethod
     def for_pipeline(
@@ -163,13 +168,13 @@ class MixSchedule:
 
     def mix_ssl_steps(self, sl_steps: int) -> int:
         """The SSL passes of the mix phase, in SSL-phase steps (whole batches)."""
-        return round(self.mix_epochs * sl_steps * self.ssl_share)
+        return half_up(self.mix_epochs * sl_steps * self.ssl_share)
 
     def mix_ssl_rows(self, start: int, stop: int, num_steps: int, batch_size: int) -> int:
         """SSL rows of mix steps [start, stop) of `num_steps` with batches of `batch_size`:
         about ssl_share x batch_size each, spread so that the phase carries whole SSL batches
         (two sub-batch sizes at most; one when the share divides evenly)."""
-        total = round(num_steps * self.ssl_share) * batch_size
+        total = half_up(num_steps * self.ssl_share) * batch_size
         return stop * total // num_steps - start * total // num_steps
 
     def steps_per_epoch(self, phase: str, ssl_steps: int, sl_steps: int) -> int:
@@ -207,7 +212,7 @@ class MixSchedule:
     def _ssl_samples(self, phase: str, steps: int, batch_size: int) -> int:
         if phase == "sl":
             return 0
-        return (round(steps * self.ssl_share) if phase == "mix" else steps) * batch_size
+        return (half_up(steps * self.ssl_share) if phase == "mix" else steps) * batch_size
 
     def to_dict(self) -> dict:
         return {

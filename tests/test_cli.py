@@ -157,6 +157,21 @@ def test_compare_end_to_end_refuses_overwrite_and_resumes(tmp_path):
     assert [r["pipeline"] for r in json.loads((out / "compare.json").read_text())["runs"]] == ["sl"]
 
 
+def test_compare_with_a_smaller_ssl_share_keeps_passes_equal(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", *TINY, "--ssl-epochs", "2", "--sl-epochs", "2", "--ssl-share", "0.5",
+            "--batch-size", "8",
+            "--pipelines", "ssl+sl", "mix", "--fractions", "1.0", "--seeds", "0", "1",
+            "--out", str(out)]  # fmt: skip
+    proc = mixfast(*args)  # the untimed warm-up included
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "compare.json").read_text())
+    mix = [r for r in report["runs"] if r["pipeline"] == "mix"]
+    phase = mix[0]["result"]["budget"]["phases"]["mix"]  # 3 steps of 8: 5, 5, 6 SSL rows
+    assert (phase["steps"], phase["sl_samples"], phase["ssl_samples"]) == (3, 24, 16)
+    assert report["summary"][0]["passes_equal"]
+
+
 def test_compare_refuses_run_folders_it_would_overwrite(tmp_path):
     args = cli.parse_args(["compare", "--out", str(tmp_path), "--fractions", "0.5", "--seeds", "3"])
     check_compare_args(args)
