@@ -55,9 +55,12 @@ def config(**kwargs) -> TrainConfig:
     return TrainConfig(**{**base, **kwargs})
 
 
-def test_a_run_through_captured_steps_equals_the_eager_run(monkeypatch):
+@pytest.mark.parametrize("ssl_share", [1.0, 0.7])
+def test_a_run_through_captured_steps_equals_the_eager_run(monkeypatch, ssl_share):
+    # ssl_share 0.7 at batch 12: 10 mix steps carry 7 SSL batches, 84 rows as 8s and 9s
+    settings = {} if ssl_share == 1.0 else dict(ssl_share=ssl_share, batch_size=12)
     eager_model = tiny_model()
-    eager = train(config(), eager_model, None, tiny_data(), tiny_data(32, seed=2))
+    eager = train(config(**settings), eager_model, None, tiny_data(), tiny_data(32, seed=2))
     made: list[StepGraphs] = []
     optimizers: list = []
 
@@ -75,10 +78,14 @@ def test_a_run_through_captured_steps_equals_the_eager_run(monkeypatch):
     monkeypatch.setattr(trainer_module, "make_adamw", recording_make_adamw)
     monkeypatch.setattr(trainer_module, "make_step_graphs", stand_in_graphs)
     graphed_model = tiny_model()
-    graphed = train(config(), graphed_model, None, tiny_data(), tiny_data(32, seed=2))
+    graphed = train(config(**settings), graphed_model, None, tiny_data(), tiny_data(32, seed=2))
     (step_graphs,) = made
-    assert set(step_graphs.captured) == {("mix", "finetune"), ("sl", "finetune")}  # SSL's dropped
-    assert step_graphs.replays == graphed.global_step - 3 * 3  # all but 3 warm-up steps a phase
+    if ssl_share == 1.0:  # SSL's graph is dropped with its optimizer
+        assert set(step_graphs.captured) == {("mix", "finetune", None), ("sl", "finetune", None)}
+        assert step_graphs.replays == graphed.global_step - 3 * 3  # all but 3 warm-ups a phase
+    else:  # a graph per SSL sub-batch size
+        mix_keys = {key for key in step_graphs.captured if key[0] == "mix"}
+        assert mix_keys == {("mix", "finetune", 8), ("mix", "finetune", 9)}
     for a, b in zip(eager_model.state_dict().values(), graphed_model.state_dict().values()):
         assert torch.equal(a, b)
     assert [r["loss"] for r in graphed.epochs] == [r["loss"] for r in eager.epochs]

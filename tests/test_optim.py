@@ -1,4 +1,5 @@
-"""GroupedAdamW: one update for every layer-decay group, equal to torch's per-group AdamW."""
+"""GroupedAdamW: one update for every layer-decay group (or torch's fused kernel per group),
+equal to torch's per-group AdamW."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ def run(model, optimizer, lrs, seed=0):
         optimizer.step()
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("layer_decay", [1.0, 0.75])
-def test_equals_torch_adamw_per_group(layer_decay):
+def test_equals_torch_adamw_per_group(layer_decay, fused):
     ours, reference = tiny_model(seed=3), tiny_model(seed=3)
-    grouped = make_adamw(ours, weight_decay=0.05, layer_decay=layer_decay, betas=(0.9, 0.95))
-    assert isinstance(grouped, GroupedAdamW)
+    grouped = make_adamw(
+        ours, weight_decay=0.05, layer_decay=layer_decay, betas=(0.9, 0.95), fused=fused
+    )
+    assert isinstance(grouped, GroupedAdamW) and grouped.fused is fused
     lrs = [1e-3, 3e-3, 2e-3, 5e-4, 1e-4]
     run(ours, grouped, lrs)
     run(reference, torch_adamw(reference, layer_decay), lrs)

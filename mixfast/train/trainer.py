@@ -351,8 +351,10 @@ class MixTrainer:
         self._optimizer_step()
 
     def _graphed_step(self, phase: str, net: nn.Module, loss_fn: LossFn) -> None:
-        """One step as a replay of the phase's CUDA graph (batch, masks, a(t), lr copied in)."""
-        batch = self.batches.next(phase, self._ssl_rows(phase))
+        """One step as a replay of the phase's CUDA graph (batch, masks, a(t), lr copied in);
+        a mix phase with two SSL sub-batch sizes (ssl_share) has a graph for each."""
+        rows = self._ssl_rows(phase)
+        batch = self.batches.next(phase, rows)
         mask = self._masks(phase, batch)
         mask = None if isinstance(mask, int) else mask  # an SL step's unused masking offset
         self._set_lr()
@@ -360,7 +362,7 @@ class MixTrainer:
             loss_fn, net, self.optimizer, self._trainable, self.config.clip_grad, self._autocast
         )
         inputs = (batch, self._alpha(phase), mask)
-        loss, parts = self.graphs.step((phase, self.stage), run, inputs, self._trainable)
+        loss, parts = self.graphs.step((phase, self.stage, rows), run, inputs, self._trainable)
         self.position.micro_step += 1
         self.meters.add(loss, parts, step_done=True)
 
@@ -452,7 +454,6 @@ class MixTrainer:
             weight_decay=self.config.weight_decay,
             layer_decay=spec["layer_decay"],
             betas=tuple(spec["betas"]),
-            fused=self.device.type == "cuda",
         )
         self.stage = stage
         self._net_phase = None
