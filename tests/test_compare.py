@@ -40,11 +40,11 @@ def test_validation_cap_and_off():
     assert prepare_training_data(splits(), val_fraction=0.0).val_data is None
 
 
-@pytest.mark.parametrize("ssl_share", [1.0, 0.5])
+@pytest.mark.parametrize("ssl_share", [1.0, 0.5, 0.7])
 @pytest.mark.parametrize("regime", ["data-limited", "semi-supervised"])
 def test_equal_sample_passes_per_objective(regime, ssl_share):
     data = prepare_training_data(splits(), fraction=0.25, regime=regime, seed=0)
-    passes = {}
+    passes, flops = {}, {}
     for pipeline in ("ssl+sl", "mix"):
         config = TrainConfig(
             pipeline=pipeline, ssl_epochs=3, sl_epochs=2, mix_ratio=0.5, batch_size=16,
@@ -57,10 +57,12 @@ def test_equal_sample_passes_per_objective(regime, ssl_share):
         )  # fmt: skip
         seen = count_rows(model)
         result = train(config, model, data.ssl_data, data.sl_data, data.val_data)
-        passes[pipeline] = result.sample_passes
+        passes[pipeline], flops[pipeline] = result.sample_passes, result.flops
         assert result.flops > 0 and result.step_flops
         assert seen == result.sample_passes  # what the model was given is what is reported
     assert passes["mix"] == passes["ssl+sl"]
+    if ssl_share < 1:  # no patch embedding shared between the objectives: the same FLOPs
+        assert flops["mix"] == flops["ssl+sl"]
     if regime == "semi-supervised":  # SSL on the whole pool, labels on the quarter
         assert passes["mix"]["ssl"] > passes["mix"]["sl"]
 

@@ -245,7 +245,7 @@ class TrainResult:
     phase_wall_s: dict[str, float]  # training seconds per phase
     eval_wall_s: float
     flops: int  # model FLOPs of the run's training steps (forward + backward), all ranks
-    step_flops: dict[str, int]  # per optimizer step of each phase
+    step_flops: dict[str, float]  # per optimizer step of each phase (mix: maybe a mean)
     sample_passes: dict[str, int]  # {"ssl": .., "sl": ..}: samples each objective saw
     budget: dict[str, Any]  # MixSchedule.budget of the whole plan
     epochs: list[dict[str, Any]]  # the rows of metrics.jsonl
@@ -286,7 +286,7 @@ class TrainResult:
             train_wall_s=sum(totals["phase_wall_s"].values()),
             phase_wall_s=dict(totals["phase_wall_s"]),
             eval_wall_s=totals["eval_wall_s"],
-            flops=sum(step_flops.get(phase, 0) * n for phase, n in steps.items()),
+            flops=round(sum(step_flops.get(phase, 0) * n for phase, n in steps.items())),
             step_flops=step_flops,
             sample_passes=dict(totals["sample_passes"]),
             budget=resolved["budget"],

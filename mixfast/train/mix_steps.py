@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from mixfast.schedule import MixSchedule
+from mixfast.train.meters import Position
 
 
 class MixSteps:
@@ -22,18 +23,32 @@ class MixSteps:
         mix = [p for p in schedule.phases if p.name == "mix"]
         self.first_epoch = mix[0].first_epoch if mix else 0
 
-    def index(self, epoch: int, step_in_epoch: int) -> int:
-        """Position in the mix phase of step `step_in_epoch` of plan epoch `epoch`."""
-        return (epoch - self.first_epoch) * self.steps_per_epoch + step_in_epoch
+    def index(self, at: Position, step: int | None = None) -> int:
+        """Position in the mix phase of step `step` (default: the current one) of epoch
+        `at.epoch` of the plan."""
+        step = at.step_in_epoch if step is None else step
+        return (at.epoch - self.first_epoch) * self.steps_per_epoch + step
 
-    def alpha(self, index: int) -> torch.Tensor:
-        """a(t) of mix step `index`, a 0-dim device tensor (a copy: a graph may hold it)."""
-        return self.alphas[index].clone()
+    def alpha(self, at: Position) -> torch.Tensor:
+        """a(t) of the current mix step, a 0-dim device tensor (a copy: a graph may hold it)."""
+        return self.alphas[self.index(at)].clone()
 
-    def ssl_rows(self, start: int, stop: int | None = None) -> int | None:
-        """SSL rows per device and micro-batch of mix steps [start, stop) (default: step
-        `start` alone); None while every step takes the whole batch (ssl_share 1)."""
+    def ssl_rows(self, at: Position) -> int | None:
+        """SSL rows per device and micro-batch of the current mix step; None while every step
+        takes the whole batch (ssl_share 1)."""
+        return self._rows(self.index(at), self.index(at) + 1)
+
+    def epoch_ssl_rows(self, at: Position) -> int | None:
+        """SSL rows per device and micro-batch of the current mix epoch's steps so far."""
+        return self._rows(self.index(at, 0), self.index(at))
+
+    def _rows(self, first: int, stop: int) -> int | None:
         if self.schedule.ssl_share == 1.0:
             return None
-        stop = start + 1 if stop is None else stop
-        return self.schedule.mix_ssl_rows(start, stop, self.total, self.batch_size)
+        return self.schedule.mix_ssl_rows(first, stop, self.total, self.batch_size)
+
+    def mean_rows(self) -> float | None:
+        """SSL rows of the average mix step; None while every step takes the whole batch."""
+        if self.schedule.ssl_share == 1.0 or not self.total:
+            return None
+        return self.schedule.mix_ssl_rows(0, self.total, self.total, self.batch_size) / self.total

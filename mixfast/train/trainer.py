@@ -401,19 +401,23 @@ class MixTrainer:
         return done + self.position.step_in_epoch
 
     def _alpha(self, phase: str) -> torch.Tensor | None:
-        return self.mix.alpha(self._mix_index()) if phase == "mix" else None
+        return self.mix.alpha(self.position) if phase == "mix" else None
 
     def _ssl_rows(self, phase: str) -> int | None:
-        return self.mix.ssl_rows(self._mix_index()) if phase == "mix" else None
+        return self.mix.ssl_rows(self.position) if phase == "mix" else None
 
-    def _mix_index(self, step: int | None = None) -> int:
-        pos = self.position
-        return self.mix.index(pos.epoch, pos.step_in_epoch if step is None else step)
+    def _count_flops(self, phase: str) -> float:
+        """Model FLOPs of one optimizer step of `phase` on all ranks (forward + backward); mix
+        steps of two SSL sub-batch sizes count at their mean (FLOPs are linear in the rows)."""
+        mean = self.mix.mean_rows() if phase == "mix" else None
+        if mean is None or mean == int(mean):
+            return self._flops_at(phase, None if mean is None else int(mean))
+        low, high = (self._flops_at(phase, int(mean) + i) for i in (0, 1))
+        return low + (mean - int(mean)) * (high - low)  # a fraction: the phase's sum is whole
 
-    def _count_flops(self, phase: str) -> int:
-        """Model FLOPs of one optimizer step of `phase` on all ranks (forward + backward)."""
+    def _flops_at(self, phase: str, ssl_rows: int | None) -> int:
         fn = make_loss(phase, self.config, len(self.batches.sl_streams), self._mixed_kwargs)
-        batch = self.batches.sample(phase, self.config.batch_size, self._ssl_rows(phase))
+        batch = self.batches.sample(phase, self.config.batch_size, ssl_rows)
         alpha = torch.tensor(0.5, device=self.device) if phase == "mix" else None
         with self._autocast():
             flops = micro_batch_flops(
@@ -493,7 +497,7 @@ class MixTrainer:
         eval_s = time.perf_counter() - start
         loss, loss_ssl, loss_sl = meters.epoch_means()
         per, tasks = self.config.batch_size * self.dist.world, len(self.batches.sl_streams)
-        rows = self.mix.ssl_rows(self._mix_index(0), self._mix_index()) if phase == "mix" else None
+        rows = self.mix.epoch_ssl_rows(self.position) if phase == "mix" else None
         ssl = None if rows is None else rows * self.dist.world * self.config.accum_steps
         ssl_n, sl_n = meters.add_epoch_to(self.totals, phase, eval_s, per, tasks, ssl)
         row = {
