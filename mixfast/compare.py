@@ -31,7 +31,7 @@ PROTOCOL = (
     "training time (evaluation apart) and model FLOPs (forward + backward, load-independent)."
 )
 # `make demo`: the three pipelines at two label fractions of a 33,000-image Fashion-MNIST
-# subset (3,300 of it validation), two seeds, sized for about 6 minutes on 2 CPU cores. The
+# subset (3,300 of it validation), two seeds, sized for about 8 minutes on 2 CPU cores. The
 # recipe (model, lrs, no augmentation: benchmarks/results/fashion-mnist-recipe-cpu-2026-12-01/;
 # subset, batch 128 and epochs: benchmarks/results/fashion-mnist-demo-batch128-cpu-2026-12-02/)
 # was chosen on validation.
