@@ -146,7 +146,7 @@ class MixSchedule:
         Mix steps with SSL sub-batches of `ssl_share` x the batch make that share of the SSL
         steps (whole SSL steps over the phase: see mix_ssl_rows).
         """
-        mix_ssl = self.mix_ssl_steps(sl_steps)
+        mix_ssl = self.mix_ssl_batches(self.mix_epochs * sl_steps)
         ssl_epochs = self.ssl_epochs - self.mix_epochs
         ssl_total = max(self.ssl_epochs * ssl_steps - mix_ssl, 0)
         if ssl_total > 0 and ssl_epochs == 0:
@@ -166,15 +166,15 @@ class MixSchedule:
                 steps.append(sl_steps)
         return steps
 
-    def mix_ssl_steps(self, sl_steps: int) -> int:
-        """The SSL passes of the mix phase, in SSL-phase steps (whole batches)."""
-        return half_up(self.mix_epochs * sl_steps * self.ssl_share)
+    def mix_ssl_batches(self, mix_steps: int) -> int:
+        """The SSL passes of `mix_steps` mix steps, in whole SSL batches (SSL-phase steps)."""
+        return half_up(mix_steps * self.ssl_share)
 
     def mix_ssl_rows(self, start: int, stop: int, num_steps: int, batch_size: int) -> int:
         """SSL rows of mix steps [start, stop) of `num_steps` with batches of `batch_size`:
         about ssl_share x batch_size each, spread so that the phase carries whole SSL batches
         (two sub-batch sizes at most; one when the share divides evenly)."""
-        total = half_up(num_steps * self.ssl_share) * batch_size
+        total = self.mix_ssl_batches(num_steps) * batch_size
         return stop * total // num_steps - start * total // num_steps
 
     def steps_per_epoch(self, phase: str, ssl_steps: int, sl_steps: int) -> int:
@@ -212,7 +212,7 @@ class MixSchedule:
     def _ssl_samples(self, phase: str, steps: int, batch_size: int) -> int:
         if phase == "sl":
             return 0
-        return (half_up(steps * self.ssl_share) if phase == "mix" else steps) * batch_size
+        return (self.mix_ssl_batches(steps) if phase == "mix" else steps) * batch_size
 
     def to_dict(self) -> dict:
         return {

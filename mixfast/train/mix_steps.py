@@ -51,4 +51,4 @@ class MixSteps:
         """SSL rows of the average mix step; None while every step takes the whole batch."""
         if self.schedule.ssl_share == 1.0 or not self.total:
             return None
-        return self.schedule.mix_ssl_rows(0, self.total, self.total, self.batch_size) / self.total
+        return self.schedule.mix_ssl_batches(self.total) * self.batch_size / self.total

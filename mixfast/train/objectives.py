@@ -183,8 +183,9 @@ class PhaseBatches:
     def sample(self, phase: str, count: int = 2, ssl_rows: int | None = None) -> dict[str, Any]:
         """A batch of `count` samples of `phase` without moving any stream (for the DDP
         unused-parameter probe and the FLOP count), normalised, not augmented."""
-        normalize = lambda s, x: s.normalize(x)  # noqa: E731
-        return self._assemble(phase, lambda s: s.sample(count), normalize, ssl_rows)
+        return self._assemble(
+            phase, lambda s: s.sample(count), lambda s, x: s.normalize(x), ssl_rows
+        )
 
     def _assemble(self, phase: str, take, prepare, ssl_rows: int | None) -> dict[str, Any]:
         """{"ssl": images} and/or {"sl": [(images, labels)] per task}: `take(stream)` reads a
