@@ -7,6 +7,7 @@ about 14 ops per parameter; the fused kernel makes one pass per group. Per row:
   ops        aten ops of one optimizer step that would each launch a kernel on CUDA
   opt ms     optimizer.step() alone (gradients fixed), median of alternating rounds
   step ms    a whole SL training step (forward, backward, optimizer), batch --batch, same rounds
+  x          foreach / fused (the speedup of the fused update)
 
 Models: `demo` is compare's default ViT (3 blocks x 64, patch 7, 28x28x1), `tiny` ViT-Tiny
 (12 x 192, patch 8, 64x64x3). Layer decay 0.75 makes 2 x (depth + 2) parameter groups, 1.0 two.
@@ -19,7 +20,7 @@ The implementations are timed in turn (round robin), so load drift hits them ali
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 
 import harness
@@ -66,21 +67,25 @@ def make_steps(model_name: str, layer_decay: float, batch: int, device: str, fus
     return optimizer_step, train_step
 
 
-def measure(model_name: str, layer_decay: float, batch: int, device: str, iters: int) -> list:
-    """Rows of every implementation, timed in turn."""
+def measure(model_name: str, layer_decay: float, batch: int, device: str, iters: int) -> dict:
+    """One row: each implementation's ops and times (timed in turn), as `<impl>_<figure>`."""
     pairs = {
         impl: make_steps(model_name, layer_decay, batch, device, f) for impl, f in IMPLS.items()
     }
-    rows = {}
+    row = {}
     for impl, (opt_step, _) in pairs.items():
         with ComputeOps() as trace:
             opt_step()
-        rows[impl] = dict(impl=impl, ops=trace.count)
+        row[f"{impl}_ops"] = trace.count
     opt = harness.round_robin_ms({i: p[0] for i, p in pairs.items()}, device, 5, iters)
     step = harness.round_robin_ms({i: p[1] for i, p in pairs.items()}, device, 3, iters)
-    for impl, row in rows.items():
-        row.update(opt_ms=opt[impl]["median_ms"], step_ms=step[impl]["median_ms"])
-    return list(rows.values())
+    for impl in IMPLS:
+        row.update(
+            {f"{impl}_opt_ms": opt[impl]["median_ms"], f"{impl}_step_ms": step[impl]["median_ms"]}
+        )
+    row["opt_speedup"] = row["foreach_opt_ms"] / row["fused_opt_ms"]
+    row["step_speedup"] = row["foreach_step_ms"] / row["fused_step_ms"]
+    return row
 
 
 def points(device: str, batch: int, iters: int) -> Iterator[harness.Point]:
@@ -90,42 +95,15 @@ def points(device: str, batch: int, iters: int) -> Iterator[harness.Point]:
             yield labels, partial(measure, model_name, layer_decay, batch, device, iters)
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Per model and layer decay: how much faster the fused update and the whole step are."""
-    by = {(r["model"], r["layer_decay"], r["impl"]): r for r in rows if "error" not in r}
-    out = {}
-    for (model, layer_decay, impl), fused in by.items():
-        base = by.get((model, layer_decay, "foreach"))
-        if impl == "fused" and base:
-            out[f"{model} layer_decay {layer_decay}"] = {
-                "optimizer_speedup": base["opt_ms"] / fused["opt_ms"],
-                "step_speedup": base["step_ms"] / fused["step_ms"],
-            }
-    return {"fused_vs_foreach": out}
-
-
 COLUMNS = (
     Column("model", "model", 6),
     Column("ld", "layer_decay", 5, ".2f"),
-    Column("impl", "impl", 8),
-    Column("ops", "ops", 6, "d"),
-    Column("opt ms", "opt_ms", 8, ".2f"),
-    Column("step ms", "step_ms", 8, ".2f"),
+    *(Column(f"{impl} ops", f"{impl}_ops", 12, "d") for impl in IMPLS),
+    *(Column(f"{impl} opt ms", f"{impl}_opt_ms", 15, ".2f") for impl in IMPLS),
+    Column("opt x", "opt_speedup", 6, ".2f"),
+    *(Column(f"{impl} step ms", f"{impl}_step_ms", 16, ".2f") for impl in IMPLS),
+    Column("step x", "step_speedup", 7, ".3f"),
 )
-
-
-def flat_points(device: str, batch: int, iters: int) -> Iterator[harness.Point]:
-    """One table row per implementation (measure() times them together)."""
-    for labels, run in points(device, batch, iters):
-        cache: dict[str, list] = {}
-
-        def row_of(impl: str, run: Callable[[], list] = run, cache: dict = cache) -> dict:
-            if "rows" not in cache:
-                cache["rows"] = run()
-            return next(r for r in cache["rows"] if r["impl"] == impl)
-
-        for impl in IMPLS:
-            yield dict(labels, impl=impl), partial(row_of, impl)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,11 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     harness.run(
         args,
-        flat_points(args.device, args.batch, args.iters),
+        points(args.device, args.batch, args.iters),
         COLUMNS,
         title=f"GroupedAdamW: foreach vs fused per group, SL step at batch {args.batch}",
         fields=dict(batch=args.batch, iters=args.iters),
-        summarize=summarize,
     )
     return 0
 
@@ -148,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def test_bench_optimizer(benchmark, bench_device):
-    rows = measure("demo", 0.75, 8, bench_device, iters=3)
-    benchmark.extra_info.update({f"{r['impl']}_{k}": v for r in rows for k, v in r.items()})
-    by = {r["impl"]: r for r in rows}
-    assert by["fused"]["ops"] < by["foreach"]["ops"]
+    row = measure("demo", 1.0, 8, bench_device, iters=3)
+    benchmark.extra_info.update(row)
+    assert row["fused_ops"] < row["foreach_ops"]
     opt_step, _ = make_steps("demo", 0.75, 8, bench_device, fused=True)
     benchmark.pedantic(opt_step, rounds=5)
 
