@@ -7,10 +7,12 @@ PYTEST := $(PYTHON) -m pytest
 # the project is tested with. Build isolation is off because the extension builds against the
 # installed torch.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+CONSTRAINTS := constraints.txt
+REFRESH_VENV := .constraints-venv
 # A new folder per demo run: compare never overwrites an earlier result.
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup data deps install lint test test-cpu test-triton demo bench gpu
+.PHONY: setup data deps install constraints lint test test-cpu test-triton demo bench gpu
 
 setup: data deps install
 
@@ -19,13 +21,25 @@ data:
 	  { apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 	    { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; }
 
+# Every install takes the versions in constraints.txt (what the tests ran with), so a new
+# release cannot change what `make test` runs; `make constraints` refreshes them.
 deps:
-	@$(PYTHON) -c "import torch, torchvision, sys; sys.exit(0 if torch.__version__.startswith('2.') else 1)" 2>/dev/null || \
-	  $(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q setuptools wheel ninja
+	$(PIP) install -q -c $(CONSTRAINTS) torch torchvision setuptools wheel ninja
 
 install:
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-build-isolation -c $(CONSTRAINTS) -e ".[test]"
+
+# The newest releases of every dependency (torch pinned as TORCH_PINS) in a fresh virtual
+# environment, frozen into constraints.txt. Run `make test` on the result before committing it.
+constraints:
+	rm -rf $(REFRESH_VENV)
+	$(PYTHON) -m venv $(REFRESH_VENV)
+	$(REFRESH_VENV)/bin/python -m pip install -q $(TORCH_PINS) setuptools wheel ninja
+	MIXFAST_BUILD_CUDA=0 $(REFRESH_VENV)/bin/python -m pip install -q --no-build-isolation -e ".[test]"
+	{ echo "# What mixfast is tested with: 'make setup' installs these (pip -c). Refresh: 'make constraints'."; \
+	  echo "# Frozen on $$(date -u +%Y-%m-%d) with $$($(REFRESH_VENV)/bin/python -V) on $$(uname -m)."; \
+	  $(REFRESH_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(CONSTRAINTS)
+	rm -rf $(REFRESH_VENV)
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -3,6 +3,8 @@ opcheck and torch.compile, and the Triton kernels (marked `triton`) against the 
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from timm.layers import PatchEmbed
@@ -284,8 +286,20 @@ def force_triton(monkeypatch):
     """Run the op bodies on the Triton kernels whatever MIXFAST_BACKEND says outside, against
     an fp32 reference that does not use TF32 (cuDNN convs do by default)."""
     monkeypatch.setenv("MIXFAST_BACKEND", "triton")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    with tf32_off():
+        yield
+
+
+@contextlib.contextmanager
+def tf32_off():
+    """TF32 off for cuDNN and cuBLAS, restored by assignment: these flags are properties of
+    torch.backends objects, which monkeypatch's undo (pytest >= 9.2) deletes instead."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # (batch, channels, size, patch, dim, keep): C*p*p = 48, 49, 16, 147, 192; odd D; B = 1; K = 1
