@@ -1,7 +1,7 @@
 """Launches per training step, for each phase (ssl, mix, sl) and mode (eager, compiled,
 graphed: whole-step CUDA graphs, and compiled+graphed).
 
-The trainer's own step (MixTrainer._train_step: forward, backward, the one GroupedAdamW call,
+The trainer's own step (StepRunner.step: forward, backward, the one GroupedAdamW call,
 the loss and metric sums) on synthetic data, counted on the third step of each phase (the
 sixth with graphs: 3 warm-up steps and the capture come first):
 
@@ -31,6 +31,7 @@ from torch.utils.data import TensorDataset
 
 from mixfast.model import create_model
 from mixfast.train import MixTrainer, TrainConfig
+from mixfast.train.step_runner import StepRunner
 
 PHASES = ("ssl", "mix", "sl")
 MODES = ("eager", "compiled", "graphed", "compiled+graphed")
@@ -79,10 +80,10 @@ def count_steps(device: str, mode: str, depth: int, batch: int) -> dict[str, dic
     counts: dict[str, list[dict[str, int]]] = defaultdict(list)
     graphed = mode.endswith("graphed")
     counted_step = 5 if graphed else 2
-    train_step = MixTrainer._train_step
+    train_step = StepRunner.step
 
-    def counted(self, phase, net, loss_fn):
-        step = partial(train_step, self, phase, net, loss_fn)
+    def counted(self, phase, stage_step):
+        step = partial(train_step, self, phase, stage_step)
         if len(counts[phase]) != counted_step:  # optimizer state, compilation, capture
             counts[phase].append({})
             return step()
@@ -106,11 +107,11 @@ def count_steps(device: str, mode: str, depth: int, batch: int) -> dict[str, dic
         device=device, compile=mode.startswith("compiled"), cuda_graph=graphed, progress=False,
         log_every=1000,
     )  # fmt: skip
-    MixTrainer._train_step = counted
+    StepRunner.step = counted
     try:
         MixTrainer(model, config).fit(None, TensorDataset(images, labels))
     finally:
-        MixTrainer._train_step = train_step
+        StepRunner.step = train_step
     return {phase: counts[phase][counted_step] for phase in PHASES}
 
 

@@ -2,7 +2,12 @@
 
 `mixfast bench` (or `pytest benchmarks/`, or `pytest benchmarks/bench_<op>.py`) runs the
 pytest-benchmark functions of every bench_*.py here; every JSON that pytest-benchmark writes
-(`--benchmark-json=...`) carries `machine_info["mixfast"]` = harness.environment().
+(`--benchmark-json=...`) carries `machine_info["mixfast"]` = harness.environment(), and beside
+pytest-benchmark's own `commit_info` (the git checkout of the working directory: `id`, `dirty`,
+`branch`, ...) `commit_info["mixfast_commit"]`, the commit of the checkout whose mixfast ran
+(None for an installed copy; mixfast.provenance), which is what a result from another working
+directory must name. studies/ and results/ are not collected: their scripts are run by hand and
+import-tested by tests/test_studies.py.
 Fixtures: `bench_device` ("cuda" when a GPU is present, else "cpu") and `synced` (wraps a function
 so each call waits for the GPU, so timings are of the work and not of the launch).
 """
@@ -14,7 +19,9 @@ from fnmatch import fnmatch
 from typing import Any
 
 import pytest
-from harness import default_device, environment, synchronize
+from harness import default_device, environment, git_commit, synchronize
+
+collect_ignore = ["studies", "results"]
 
 
 def pytest_collect_file(file_path, parent):
@@ -31,6 +38,10 @@ def pytest_collect_file(file_path, parent):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["mixfast"] = environment()
+
+
+def pytest_benchmark_update_commit_info(config, commit_info):
+    commit_info["mixfast_commit"] = git_commit()
 
 
 @pytest.fixture

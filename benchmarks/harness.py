@@ -12,7 +12,9 @@ A bench_<op>.py script is its cases, its implementations and a short main():
 returns; an exception becomes the row's "error", and a point reached after --time-budget seconds
 is skipped. Each row is printed as it comes, and the --json file is rewritten after every row
 (a run cut short by a timeout keeps what it measured) as
-{"environment": ..., "command": ..., <fields>, "results": [rows], <summary>}.
+{"environment": ..., "commit": ..., "command": ..., <fields>, "results": [rows], <summary>};
+"commit" is the git commit of the checkout whose mixfast ran ("-dirty" with uncommitted changes,
+null when it is not a checkout: mixfast.provenance).
 
 Why a module of its own and not conftest.py: conftest.py is pytest's (hooks and fixtures; it
 imports pytest, and tests/ has a conftest.py too, so `import conftest` can name either), while
@@ -48,6 +50,14 @@ if (
     and (_SOURCE_ROOT / "mixfast" / "__init__.py").is_file()
 ):
     sys.path.append(str(_SOURCE_ROOT))
+
+try:
+    from mixfast.provenance import git_commit
+except ImportError:  # a mixfast from before provenance.py first on the path: commit unknown
+
+    def git_commit(path: str | os.PathLike | None = None) -> str | None:
+        return None
+
 
 Point = tuple[Mapping[str, Any], Callable[[], Mapping[str, Any]]]
 
@@ -485,7 +495,8 @@ def _describe(item: Any) -> str:
 
 class Report:
     """Prints the title and the table header, then each row as it is added, and keeps the JSON
-    file (args.json, if set) current: {"environment", "command", <fields>, "results", <summary>}."""
+    file (args.json, if set) current: {"environment", "commit", "command", <fields>, "results",
+    <summary>}."""
 
     def __init__(
         self,
@@ -498,6 +509,7 @@ class Report:
         markdown: bool = False,
     ) -> None:
         self.path, self.command = getattr(args, "json", None), getattr(args, "command", None)
+        self.commit = git_commit()
         self.env, self.fields, self.rows = dict(env), dict(fields or {}), []
         self.summary: dict[str, Any] = {}
         self.table = Table(columns, markdown)
@@ -506,7 +518,8 @@ class Report:
         print(self.table.header(), flush=True)
 
     def payload(self) -> dict[str, Any]:
-        head = {"environment": self.env, "command": self.command, **self.fields}
+        head = {"environment": self.env, "commit": self.commit, "command": self.command}
+        head.update(self.fields)
         return {**head, "results": self.rows, **self.summary}
 
     def add(self, row: Mapping[str, Any]) -> None:

@@ -120,6 +120,42 @@ def release_run_folder(out: str | os.PathLike) -> None:
         os.close(fd)  # closing the descriptor drops the lock
 
 
+class RunFolder:
+    """The folder of one run, owned by whoever starts the run: checked when made (see
+    check_run_folder), claimed once (`claim`: created, marked, locked) before the first file is
+    written, and released once (`release`, or leaving a `with` block). `checkpoint()` loads
+    last.pt once for everyone who reads it."""
+
+    def __init__(self, out: str | os.PathLike, resume: bool) -> None:
+        self.path = check_run_folder(out, resume)
+        self.resume = resume
+        self._checkpoint: dict[str, Any] | None = None
+
+    def claim(self) -> RunFolder:
+        claim_run_folder(self.path)
+        remove_stale_temporaries(self.path)
+        return self
+
+    def release(self) -> None:
+        release_run_folder(self.path)
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+    def checkpoint(self) -> dict[str, Any]:
+        """DIR/last.pt (load_checkpoint), read once."""
+        if self._checkpoint is None:
+            self._checkpoint = load_checkpoint(self.path / "last.pt")
+        return self._checkpoint
+
+    def forget_checkpoint(self) -> None:
+        """Drop the loaded checkpoint (its tensors) once the run has taken its state."""
+        self._checkpoint = None
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temp files a kill during write_atomic left behind (`.NAME.*.tmp`)."""
     stale = [p for p in folder.glob(".*.tmp") if p.is_file() and not p.is_symlink()]

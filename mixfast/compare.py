@@ -7,7 +7,6 @@ Writes DIR/<run name>/ per run (the trainer's files), DIR/compare.json (`runs` a
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -21,6 +20,7 @@ from mixfast.checkpoint import read_json, write_json
 from mixfast.checks import SettingError
 from mixfast.data import dataset_of
 from mixfast.train import train
+from mixfast.train.settings import RunSpec
 
 PROTOCOL = (
     "Protocol: every pipeline of a seed shares the labeled subset, the initial weights and the "
@@ -54,6 +54,21 @@ COMPARE_DEFAULTS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """The grid of a comparison: every regime x fraction x budget x seed x pipeline."""
+
+    out: str = COMPARE_DEFAULTS["out"]
+    fractions: tuple[float, ...] = (0.1, 1.0)
+    seeds: tuple[int, ...] = tuple(COMPARE_DEFAULTS["seeds"])
+    pipelines: tuple[str, ...] = ("sl", "ssl+sl", "mix")
+    regimes: tuple[str, ...] = ("data-limited",)
+    budgets: tuple[int, ...] | None = None  # epochs of each objective; None: the config's
+    warmup: bool = True  # one untimed step of every pipeline and phase first
+    resume: bool = False  # reuse finished runs, continue stopped ones
+    force: bool = False  # run again, replacing the run folders
+
+
+@dataclass(frozen=True)
 class Cell:
     """One run of the grid."""
 
@@ -82,20 +97,20 @@ def run_name(
     return name if budget is None else f"{name}-e{budget}"
 
 
-def grid(args: argparse.Namespace) -> list[Cell]:
+def grid(cmp: CompareConfig) -> list[Cell]:
     """Every run, in the order they are made: the pipeline order rotates with the seed, so no
     pipeline always runs first (after the warm-up) or last. Semi-supervised at fraction 1 is
     the data-limited run again (every image is labeled), so it is left out when both run."""
     cells = []
-    budgets = args.budgets or [None]
-    for regime in args.regimes:
-        for fraction in args.fractions:
-            if regime == "semi-supervised" and fraction == 1.0 and len(args.regimes) > 1:
+    pipelines = list(cmp.pipelines)
+    for regime in cmp.regimes:
+        for fraction in cmp.fractions:
+            if regime == "semi-supervised" and fraction == 1.0 and len(cmp.regimes) > 1:
                 continue
-            for budget in budgets:
-                for k, seed in enumerate(args.seeds):
-                    turn = k % len(args.pipelines)
-                    order = args.pipelines[turn:] + args.pipelines[:turn]
+            for budget in cmp.budgets or [None]:
+                for k, seed in enumerate(cmp.seeds):
+                    turn = k % len(pipelines)
+                    order = pipelines[turn:] + pipelines[:turn]
                     cells += [Cell(p, regime, fraction, budget, seed) for p in order]
     return cells
 
@@ -108,41 +123,51 @@ def holds_run(run_dir: Path) -> bool:
     return (run_dir / "last.pt").exists() or (run_dir / "result.json").exists()
 
 
-def warm_up(args: argparse.Namespace, base: Any, splits: Any) -> None:
+def cell_spec(spec: RunSpec, cell: Cell, run_dir: Path, resume: bool) -> RunSpec:
+    """The settings of one run of the grid."""
+    epochs = {} if cell.budget is None else {"ssl_epochs": cell.budget, "sl_epochs": cell.budget}
+    train = dict(
+        pipeline=cell.pipeline,
+        seed=cell.seed,
+        out=str(run_dir),
+        resume=bool(resume and (run_dir / "last.pt").exists()),
+        **epochs,
+    )
+    return spec.replace(data={"fraction": cell.fraction, "regime": cell.regime}, train=train)
+
+
+def warm_up(cmp: CompareConfig, spec: RunSpec, splits: Any) -> None:
     """One untimed step of every pipeline and phase on a few images: kernels, allocator and
     (on CUDA) compilation are warm before the first timed run."""
-    settings = argparse.Namespace(**{**vars(args), "fraction": 1.0})
-    data = experiment.prepare_data(splits, settings)
-    few = 2 * base.batch_size
+    spec = spec.replace(data={"fraction": 1.0})
+    data = experiment.prepare_data(splits, spec)
+    few = 2 * spec.train.batch_size
     heads = [task.sl_data for task in data.tasks]
     tiny = [dataset_of(s.images[:few], s.labels[:few], s.mean, s.std) for s in heads]
-    ssl_epochs = 1 if base.ssl_share == 1.0 else 2  # an SSL epoch for the passes mix leaves
-    for pipeline in args.pipelines:
+    ssl_epochs = 1 if spec.train.ssl_share == 1.0 else 2  # an SSL epoch for the passes mix leaves
+    for pipeline in cmp.pipelines:
         config = dataclasses.replace(
-            base, pipeline=pipeline, ssl_epochs=ssl_epochs, sl_epochs=1, mix_ratio=1.0, out=None
+            spec.train, pipeline=pipeline, ssl_epochs=ssl_epochs, sl_epochs=1, mix_ratio=1.0
         )
-        config = dataclasses.replace(config, progress=False, resume=False)
-        model = experiment.build_model(settings, data, base.seed)
+        config = dataclasses.replace(config, out=None, progress=False, resume=False)
+        model = experiment.build_model(spec, data)
         train(config, model, None, tiny, None)
 
 
-def check_cells(args: argparse.Namespace, base: Any, splits: Any) -> None:
+def check_cells(cmp: CompareConfig, spec: RunSpec, splits: Any) -> None:
     """Before any work: every run of the grid has a batch of data and a plan that can be made
     (each regime and fraction's data, with the first seed: sizes do not depend on it)."""
     distinct: dict[tuple, Cell] = {}
-    for c in grid(args):
+    for c in grid(cmp):
         distinct.setdefault((c.regime, c.fraction, c.budget, c.pipeline), c)  # the first seed
     datas: dict[tuple, Any] = {}
     for cell in distinct.values():
-        cell_args = cell_settings(args, cell)
+        run = cell_spec(spec, cell, Path(cmp.out) / cell.name, resume=False)
         key = (cell.regime, cell.fraction)
         if key not in datas:
-            datas[key] = experiment.prepare_data(splits, cell_args, fraction=cell.fraction)
-        data = datas[key]
-        config = cell_config(cell, base, Path(args.out) / cell.name, resume=False)
+            datas[key] = experiment.prepare_data(splits, run)
         try:
-            experiment.check_data_fits(cell_args, config, data, config.mask_ratio)
-            experiment.with_augment(config, data, cell_args)
+            experiment.check_data_fits(run, datas[key])
         except SettingError as exc:
             where = f"{cell.pipeline}, {cell.regime}, fraction {cell.fraction}"
             budget = "" if cell.budget is None else f", budget {cell.budget}"
@@ -150,31 +175,29 @@ def check_cells(args: argparse.Namespace, base: Any, splits: Any) -> None:
 
 
 def run_all(
-    args: argparse.Namespace, base: Any, splits: Any, settings: dict, report_path: Path
+    cmp: CompareConfig, spec: RunSpec, splits: Any, settings: dict, report_path: Path
 ) -> list[dict[str, Any]]:
-    cells = grid(args)
-    if not args.no_warmup:
+    cells = grid(cmp)
+    if cmp.warmup:
         print("warm-up (untimed)", file=sys.stderr)
-        warm_up(args, base, splits)
+        warm_up(cmp, spec, splits)
     runs: list[dict[str, Any]] = []
     data_cache: dict[tuple, Any] = {}
     for index, cell in enumerate(cells):
-        cell_args = cell_settings(args, cell)
+        run_dir = Path(cmp.out) / cell.name
+        run = cell_spec(spec, cell, run_dir, cmp.resume)
         key = (cell.regime, cell.fraction, cell.seed)
         if key not in data_cache:
-            data_cache = {key: experiment.prepare_data(splits, cell_args, fraction=cell.fraction)}
+            data_cache = {key: experiment.prepare_data(splits, run)}
         data = data_cache[key]
-        run_dir = Path(args.out) / cell.name
         label = f"[{index + 1}/{len(cells)}] {cell.name}"
-        result = read_json(run_dir / "result.json") if args.resume else None
+        result = read_json(run_dir / "result.json") if cmp.resume else None
         if result is None:
             print(f"{label}: {data.summary()}", file=sys.stderr)
-            if args.force and holds_run(run_dir):
+            if cmp.force and holds_run(run_dir):
                 shutil.rmtree(run_dir)  # --force: this run starts over
-            result = _train_cell(cell, base, data, cell_args, run_dir, args.resume)
-            write_json(
-                run_dir / "data.json", experiment.data_settings(cell_args, data, cell.fraction)
-            )
+            result = _train_cell(run, data)
+            write_json(run_dir / "data.json", experiment.data_record(run, data))
         else:
             print(f"{label}: reusing {run_dir / 'result.json'}", file=sys.stderr)
         runs.append(run_record(cell, result, run_dir))
@@ -187,49 +210,26 @@ def run_all(
     return runs
 
 
-def cell_config(cell: Cell, base, run_dir: Path, resume: bool):
-    """The TrainConfig of one run of the grid."""
-    epochs = {} if cell.budget is None else {"ssl_epochs": cell.budget, "sl_epochs": cell.budget}
-    return dataclasses.replace(
-        base,
-        pipeline=cell.pipeline,
-        seed=cell.seed,
-        out=str(run_dir),
-        resume=bool(resume and (run_dir / "last.pt").exists()),
-        **epochs,
-    )
-
-
-def cell_settings(args: argparse.Namespace, cell: Cell) -> argparse.Namespace:
-    """The comparison's settings as one run of the grid sees them."""
-    settings = argparse.Namespace(**{**vars(args), "seed": cell.seed, "regime": cell.regime})
-    settings.fraction, settings.ssl_pool = cell.fraction, None
-    return settings
-
-
-def stale_runs(args: argparse.Namespace, base) -> list[str]:
+def stale_runs(cmp: CompareConfig, spec: RunSpec) -> list[str]:
     """Run folders of the grid made with other settings than this comparison's: "name
     (what differs)". A --resume may reuse a run only when nothing differs."""
     stale = []
-    for cell in grid(args):
-        run_dir = Path(args.out) / cell.name
+    for cell in grid(cmp):
+        run_dir = Path(cmp.out) / cell.name
         saved = read_json(run_dir / "config.json")
         if saved is None:
             continue
-        config = cell_config(cell, base, run_dir, resume=True)
-        diffs = experiment.setting_differences(
-            cell_settings(args, cell), config, saved, read_json(run_dir / "data.json")
-        )
+        run = cell_spec(spec, cell, run_dir, resume=True)
+        diffs = experiment.setting_differences(run, saved, read_json(run_dir / "data.json"))
         if diffs:
             listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in diffs)
             stale.append(f"{cell.name} ({listed})")
     return stale
 
 
-def _train_cell(cell: Cell, base, data, cell_args, run_dir: Path, resume: bool) -> dict:
-    config = cell_config(cell, base, run_dir, resume)
-    config = experiment.with_augment(config, data, cell_args)
-    model = experiment.build_model(cell_args, data, cell.seed)
+def _train_cell(run: RunSpec, data) -> dict:
+    config = experiment.with_augment(run.train, data, run.data)
+    model = experiment.build_model(run, data)
     ssl_data, sl_data, val_data, test_data = data.fit_inputs()
     result = train(config, model, ssl_data, sl_data, val_data, test_data=test_data)
     return result.to_dict()

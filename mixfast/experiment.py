@@ -1,7 +1,7 @@
-"""One run from plain settings: load and split the data, size the model, hand the trainer its
-augmentation, and describe what was used (DIR/data.json). What `mixfast train` and `mixfast
-compare` share; `settings` is any object with the attributes below (the CLI passes its parsed
-flags). Errors are `SettingError`s naming settings as {name}."""
+"""One run from its settings (a `RunSpec`: data, model and training): load and split the data,
+size the model, hand the trainer its augmentation, describe what was used (DIR/data.json), and
+check a resumed run's data and model settings against that record. What `mixfast train` and
+`mixfast compare` share. Errors are `SettingError`s naming settings as {name}."""
 
 from __future__ import annotations
 
@@ -13,24 +13,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixfast.checkpoint import load_checkpoint, read_json
+from mixfast.checkpoint import read_json
 from mixfast.checks import SettingError
 from mixfast.data import (
-    SSL_POOLS,
     TrainingData,
     open_dataset,
     parse_task_spec,
     prepare_task_data,
     prepare_training_data,
 )
-from mixfast.data.files import MEMORY_CAP_GB
-from mixfast.data.training import CROP_SCALE
+from mixfast.train.config import TrainConfig
 from mixfast.train.distributed import env_world
+from mixfast.train.settings import (
+    DEFAULT_MODEL,
+    MODEL_OVERRIDES,
+    DataConfig,
+    ModelConfig,
+    RunSpec,
+    check_fraction,
+)
 from mixfast.train.streams import steps_per_pass
 
-DEFAULT_MODEL = "vit_tiny_patch16_224"
 MIN_PATCHES = 16
-MODEL_OVERRIDES = ("depth", "embed_dim", "num_heads", "decoder_dim", "decoder_depth")
+SPLIT_SETTINGS = ("train_limit", "test_limit", "regime", "val_fraction", "val_max")  # DataConfig's
+SKIPPED_LISTED = 100  # unreadable files named in data.json (all are counted)
 
 
 def default_patch_size(img_size: int) -> int:
@@ -56,193 +62,50 @@ def check_patch_grid(img_size: int, patch_size: int) -> None:
         )
 
 
-def load_data(settings: Any, *, fraction: float | None = None) -> TrainingData:
-    """settings: dataset, data_dir, img_size, seed and what prepare_data reads."""
-    check_model_settings(settings)
-    if settings.img_size is not None and settings.img_size < 4:
-        raise SettingError(f"{{img_size}} must be >= 4, got {settings.img_size}")
-    return prepare_data(open_source(settings), settings, fraction=fraction)
+# ---------------------------------------------------------------------------------- data
 
 
-def open_source(settings: Any):
-    """settings: dataset (a name, a path or a specifier), data_dir, img_size, seed, data_mode,
-    memory_cap_gb, skip_bad, num_workers."""
+def load_data(spec: RunSpec) -> TrainingData:
+    """The run's images, split as spec.data says."""
+    spec.data.validate()
+    spec.model.validate()
+    return prepare_data(open_source(spec), spec)
+
+
+def open_source(spec: RunSpec):
+    """The dataset's splits (files or tensors), opened once for every run that shares them."""
+    data = spec.data
     return open_dataset(
-        settings.dataset,
-        settings.data_dir,
-        size=settings.img_size,
-        seed=settings.seed,
-        data_mode=getattr(settings, "data_mode", "auto"),
-        memory_cap_gb=getattr(settings, "memory_cap_gb", MEMORY_CAP_GB),
-        skip_bad=getattr(settings, "skip_bad", False),
-        workers=getattr(settings, "num_workers", 0),
+        data.dataset,
+        data.data_dir,
+        size=data.img_size,
+        seed=spec.train.seed,
+        data_mode=data.data_mode,
+        memory_cap_gb=data.memory_cap_gb,
+        skip_bad=data.skip_bad,
+        workers=spec.train.num_workers,
     )
 
 
-def prepare_data(splits, settings: Any, *, fraction: float | None = None) -> TrainingData:
-    """settings: fraction, per_class, train_limit, test_limit, regime (or the older ssl_pool),
-    val_fraction, val_max, seed, and task (the `--task` specs; None or [] for one task)."""
-    fraction = settings.fraction if fraction is None else fraction
-    if not 0.0 < fraction <= 1.0:
-        raise SettingError(f"{{fraction}} must be in (0, 1], got {fraction}")
-    split = dict(
-        train_limit=settings.train_limit,
-        test_limit=settings.test_limit,
-        regime=regime(settings),
-        val_fraction=settings.val_fraction,
-        val_max=settings.val_max,
-        seed=settings.seed,
-    )
-    specs = task_specs(settings)
-    if specs:
-        if settings.per_class is not None:
+def prepare_data(splits, spec: RunSpec) -> TrainingData:
+    """The labeled subset, validation split and SSL pool of spec.data (one task, or the
+    `task` specs) from the opened splits."""
+    data = spec.data
+    check_fraction(data.fraction)
+    split = {name: getattr(data, name) for name in SPLIT_SETTINGS} | {"seed": spec.train.seed}
+    if data.task:
+        if data.per_class is not None:
             raise SettingError("{per_class} does not apply with {task}; give fraction= per task")
-        return prepare_task_data(splits, specs, fraction=fraction, **split)
-    return prepare_training_data(splits, fraction=fraction, per_class=settings.per_class, **split)
+        specs = [parse_task_spec(text) for text in data.task]
+        return prepare_task_data(splits, specs, fraction=data.fraction, **split)
+    return prepare_training_data(splits, fraction=data.fraction, per_class=data.per_class, **split)
 
 
-def task_specs(settings: Any) -> list:
-    """The parsed `--task` specs of settings.task (none: one task, the dataset's classes)."""
-    return [parse_task_spec(text) for text in getattr(settings, "task", None) or []]
-
-
-def regime(settings: Any) -> str:
-    """settings.regime, or the regime the older settings.ssl_pool names."""
-    pool = getattr(settings, "ssl_pool", None)
-    return SSL_POOLS[pool] if pool else settings.regime
-
-
-def check_model_settings(settings: Any) -> None:
-    """The model flags alone, before any data is read: sizes >= 1, width divisible by heads."""
-    for name in ("patch_size", *MODEL_OVERRIDES):
-        value = getattr(settings, name, None)
-        if value is not None and value < 1:
-            raise SettingError(f"{{{name}}} must be >= 1, got {value}")
-    width, heads = getattr(settings, "embed_dim", None), getattr(settings, "num_heads", None)
-    if width is not None and heads is not None and width % heads:
-        raise SettingError(f"{{embed_dim}} {width} must be divisible by {{num_heads}} {heads}")
-
-
-def model_kwargs(settings: Any, data: TrainingData) -> dict[str, Any]:
-    """create_model kwargs: the data's shape and classes, patch_size and MODEL_OVERRIDES."""
-    channels, img_size, _ = data.image_shape
-    patch_size = settings.patch_size
-    if patch_size is None:
-        patch_size = default_patch_size(img_size)
-    check_patch_grid(img_size, patch_size)
-    kwargs: dict[str, Any] = dict(img_size=img_size, patch_size=patch_size, in_chans=channels)
-    if len(data.tasks) > 1:
-        kwargs["task_classes"] = data.task_classes
-    else:
-        kwargs["num_classes"] = data.num_classes
-    for name in MODEL_OVERRIDES:
-        if getattr(settings, name, None) is not None:
-            kwargs[name] = getattr(settings, name)
-    return kwargs
-
-
-def build_model(settings: Any, data: TrainingData, seed: int) -> nn.Module:
-    from mixfast.model import create_model
-
-    torch.manual_seed(seed)  # every pipeline of one seed starts from the same weights
-    return create_model(settings.model, **model_kwargs(settings, data))
-
-
-def with_augment(config, data: TrainingData, settings: Any):
-    """Hand the trainer the on-device batch augmentation when settings.augment."""
-    scale = getattr(settings, "augment_scale", CROP_SCALE)
-    if not 0.0 < scale <= 1.0:
-        raise SettingError(f"{{augment_scale}} must be in (0, 1], got {scale}")
-    if not settings.augment:
-        return config
-    return dataclasses.replace(config, augment=data.augment(seed=config.seed, scale=(scale, 1.0)))
-
-
-def data_settings(settings: Any, data: TrainingData, fraction: float) -> dict[str, Any]:
-    """DIR/data.json: the data and model a run used."""
-    return {
-        "dataset": settings.dataset,
-        "data_dir": settings.data_dir,
-        "fraction": fraction,
-        "per_class": settings.per_class,
-        "train_limit": settings.train_limit,
-        "test_limit": settings.test_limit,
-        "regime": data.regime,
-        "storage": data.storage,
-        "skipped_bad": len(data.skipped),
-        "skipped_files": list(data.skipped[:SKIPPED_LISTED]),
-        "val_fraction": settings.val_fraction,
-        "val_max": settings.val_max,
-        "augment": bool(settings.augment),
-        "augment_scale": getattr(settings, "augment_scale", CROP_SCALE),
-        "labeled": len(data.sl_data),
-        "validation": 0 if data.val_data is None else len(data.val_data),
-        "test": len(data.test_data),
-        "ssl_images": len(data.sl_data if data.ssl_data is None else data.ssl_data),
-        "task": list(getattr(settings, "task", None) or []),
-        "tasks": [
-            {"name": t.name, "note": t.note, "classes": t.num_classes, "labeled": len(t.sl_data)}
-            for t in data.tasks
-        ],
-        "image_shape": list(data.image_shape),
-        "model": settings.model,
-        "model_kwargs": model_kwargs(settings, data),
-    }
-
-
-SKIPPED_LISTED = 100  # unreadable files named in data.json (all are counted)
-
-# data.json keys that restate a setting (the rest are counts derived from the data)
-DATA_SETTING_KEYS = (
-    "dataset", "data_dir", "fraction", "per_class", "train_limit", "test_limit", "regime",
-    "val_fraction", "val_max", "augment", "augment_scale", "model", "task",
-)  # fmt: skip
-
-
-def check_resume(settings: Any, config, run_dir: str | Path) -> None:
-    """Before any work: the checkpoint in `run_dir` is usable and the run's settings are the
-    ones it was made with (TrainConfig, data and model); the message lists what differs.
-    Settings safe to change on resume: see mixfast.train.config.RESUMABLE."""
-    run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / "last.pt")
-    saved_data = read_json(run_dir / "data.json")
-    diffs = setting_differences(settings, config, state["config"], saved_data)
-    if diffs:
-        listed = "; ".join(f"{{{name}}}: {old!r} -> {new!r}" for name, old, new in diffs)
-        raise SettingError(
-            f"{{resume}}: {run_dir} was made with other settings ({listed}); resume "
-            "with the run's settings or start a new run"
-        )
-
-
-def setting_differences(
-    settings: Any, config, saved_config: dict, saved_data: dict | None
-) -> list[tuple[str, Any, Any]]:
-    """(name, recorded, now) of every setting that differs from a run's record: its
-    TrainConfig (config.json or the checkpoint's) and its data.json (data and model)."""
-    diffs = [
-        (k, saved_config[k], getattr(config, k)) for k in config.changed_on_resume(saved_config)
-    ]
-    if saved_data is None:
-        return diffs
-    for key in DATA_SETTING_KEYS:
-        now = regime(settings) if key == "regime" else getattr(settings, key, None)
-        if key == "task":
-            now = list(now or [])
-        if key in saved_data and saved_data[key] != now:
-            diffs.append((key, saved_data[key], now))
-    kwargs = saved_data.get("model_kwargs", {})
-    for name in ("patch_size", *MODEL_OVERRIDES):
-        value = getattr(settings, name, None)
-        if value is not None and kwargs.get(name) != value:
-            diffs.append((name, kwargs.get(name), value))
-    return diffs
-
-
-def check_data_fits(settings: Any, config, data: TrainingData, mask_ratio: float) -> None:
+def check_data_fits(spec: RunSpec, data: TrainingData) -> None:
     """Before any work: one batch of training images, and a mask that keeps a patch."""
     from mixfast.ops.reference import num_kept
 
+    config = spec.train
     batch = config.batch_size * config.accum_steps * env_world()
     for task in data.tasks:
         if len(task.sl_data) < batch:
@@ -260,7 +123,121 @@ def check_data_fits(settings: Any, config, data: TrainingData, mask_ratio: float
     sl_size = max(len(task.sl_data) for task in data.tasks)
     # the plan can be made (each objective's steps per pass as the trainer's streams count them)
     config.schedule().epoch_steps(steps_per_pass(ssl_size, batch), steps_per_pass(sl_size, batch))
-    kwargs = model_kwargs(settings, data)
+    kwargs = model_kwargs(spec.model, data)
     patches = (kwargs["img_size"] // kwargs["patch_size"]) ** 2
-    if config.pipeline != "sl" and num_kept(patches, mask_ratio) < 1:
-        raise SettingError(f"{{mask_ratio}} {mask_ratio} keeps no patch of {patches}; lower it")
+    if config.pipeline != "sl" and num_kept(patches, config.mask_ratio) < 1:
+        raise SettingError(
+            f"{{mask_ratio}} {config.mask_ratio} keeps no patch of {patches}; lower it"
+        )
+
+
+def with_augment(config: TrainConfig, data: TrainingData, settings: DataConfig) -> TrainConfig:
+    """Hand the trainer the on-device batch augmentation when settings.augment."""
+    if not settings.augment:
+        return config
+    augment = data.augment(seed=config.seed, scale=(settings.augment_scale, 1.0))
+    return dataclasses.replace(config, augment=augment)
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def model_kwargs(settings: ModelConfig, data: TrainingData) -> dict[str, Any]:
+    """create_model kwargs: the data's shape and classes, patch_size and the overrides."""
+    channels, img_size, _ = data.image_shape
+    patch_size = settings.patch_size
+    if patch_size is None:
+        patch_size = default_patch_size(img_size)
+    check_patch_grid(img_size, patch_size)
+    kwargs: dict[str, Any] = dict(img_size=img_size, patch_size=patch_size, in_chans=channels)
+    if len(data.tasks) > 1:
+        kwargs["task_classes"] = data.task_classes
+    else:
+        kwargs["num_classes"] = data.num_classes
+    return {**kwargs, **settings.overrides()}
+
+
+def build_model(spec: RunSpec, data: TrainingData) -> nn.Module:
+    from mixfast.model import create_model
+
+    torch.manual_seed(spec.train.seed)  # every pipeline of one seed starts from the same weights
+    return create_model(spec.model.model, **model_kwargs(spec.model, data))
+
+
+# ---------------------------------------------------------------------------------- records
+
+
+def data_record(spec: RunSpec, data: TrainingData) -> dict[str, Any]:
+    """DIR/data.json: the data and model settings of a run and what they gave."""
+    return {
+        **spec.data.record(),
+        "storage": data.storage,
+        "skipped_bad": len(data.skipped),
+        "skipped_files": list(data.skipped[:SKIPPED_LISTED]),
+        "labeled": len(data.sl_data),
+        "validation": 0 if data.val_data is None else len(data.val_data),
+        "test": len(data.test_data),
+        "ssl_images": len(data.sl_data if data.ssl_data is None else data.ssl_data),
+        "tasks": [
+            {"name": t.name, "note": t.note, "classes": t.num_classes, "labeled": len(t.sl_data)}
+            for t in data.tasks
+        ],
+        "image_shape": list(data.image_shape),
+        "model": spec.model.model,
+        "model_kwargs": model_kwargs(spec.model, data),
+    }
+
+
+def record_differences(spec: RunSpec, saved: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
+    """(name, recorded, now) of every data or model setting that differs from a run's
+    DIR/data.json (the settings the trainer's checkpoint does not hold)."""
+    if saved is None:
+        return []
+    now = {**spec.data.record(), "model": spec.model.model}
+    diffs = [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
+    kwargs = saved.get("model_kwargs", {})
+    for name in ("patch_size", *MODEL_OVERRIDES):
+        value = getattr(spec.model, name)
+        if value is not None and kwargs.get(name) != value:
+            diffs.append((name, kwargs.get(name), value))
+    return diffs
+
+
+def setting_differences(
+    spec: RunSpec, saved_config: dict[str, Any], saved_data: dict[str, Any] | None
+) -> list[tuple[str, Any, Any]]:
+    """(name, recorded, now) of every setting that differs from a run's record: its
+    TrainConfig (config.json) and its data.json (data and model)."""
+    config = spec.train
+    diffs = [
+        (k, saved_config[k], getattr(config, k)) for k in config.changed_on_resume(saved_config)
+    ]
+    return diffs + record_differences(spec, saved_data)
+
+
+def check_data_record(spec: RunSpec, run_dir: str | Path) -> None:
+    """Before a resumed run reads its data: the data and model settings are the ones
+    DIR/data.json records (the checkpoint's own settings are checked when it is loaded)."""
+    diffs = record_differences(spec, read_json(Path(run_dir) / "data.json"))
+    if diffs:
+        listed = "; ".join(f"{{{name}}}: {old!r} -> {new!r}" for name, old, new in diffs)
+        raise SettingError(
+            f"{{resume}}: {run_dir} was made with other settings ({listed}); resume "
+            "with the run's settings or start a new run"
+        )
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "RunSpec",
+    "build_model",
+    "check_data_fits",
+    "check_data_record",
+    "data_record",
+    "load_data",
+    "model_kwargs",
+    "open_source",
+    "prepare_data",
+    "setting_differences",
+    "with_augment",
+]

@@ -72,23 +72,17 @@ class MixSchedule:
 
     @classmethod
     def for_pipeline(
-        cls,
-        pipeline: str,
-        ssl_epochs: int,
-        sl_epochs: int,
-        mix_ratio: float = 0.0,
-        transition: str = "linear",
-        alpha_constant: float = 0.5,
-        ssl_share: float = 1.0,
+        cls, pipeline: str, ssl_epochs: int, sl_epochs: int, mix_ratio: float = 0.0, **options
     ) -> MixSchedule:
-        """ "sl" drops the SSL epochs, "ssl+sl" drops the mix phase, "mix" keeps mix_ratio."""
+        """ "sl" drops the SSL epochs, "ssl+sl" drops the mix phase, "mix" keeps mix_ratio;
+        `options`: transition, alpha_constant, ssl_share as in MixSchedule()."""
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
         if pipeline == "sl":
             ssl_epochs, mix_ratio = 0, 0.0
         elif pipeline == "ssl+sl":
             mix_ratio = 0.0
-        return cls(ssl_epochs, sl_epochs, mix_ratio, transition, alpha_constant, ssl_share)
+        return cls(ssl_epochs, sl_epochs, mix_ratio, **options)
 
     @property
     def phases(self) -> tuple[Phase, ...]:
@@ -197,11 +191,12 @@ class MixSchedule:
             steps = sum(
                 n for spec, n in zip(self.epochs(), epoch_steps) if spec.phase == phase.name
             )
+            ssl, sl = self.sample_passes(phase.name, 0, steps, steps, batch_size, tasks)
             per_phase[phase.name] = {
                 "epochs": phase.epochs,
                 "steps": steps,
-                "ssl_samples": self._ssl_samples(phase.name, steps, batch_size),
-                "sl_samples": steps * batch_size * tasks if phase.name != "ssl" else 0,
+                "ssl_samples": ssl,
+                "sl_samples": sl,
             }
         total = {
             key: sum(p[key] for p in per_phase.values())
@@ -209,10 +204,29 @@ class MixSchedule:
         }
         return {"phases": per_phase, "total": total}
 
-    def _ssl_samples(self, phase: str, steps: int, batch_size: int) -> int:
+    def sample_passes(
+        self,
+        phase: str,
+        first: int,
+        stop: int,
+        phase_steps: int,
+        batch_size: int,
+        tasks: int = 1,
+        copies: int = 1,
+    ) -> tuple[int, int]:
+        """(SSL, SL) sample passes of steps [first, stop) of a phase of `phase_steps` steps:
+        the one rule the budget, the run's totals and its images/s all count by.
+
+        `batch_size` samples per objective per step and copy (a copy: a device or an
+        accumulated micro-batch of the step; `copies` of them), `tasks` labeled streams. A mix
+        step's SSL sub-batch holds `ssl_share` of the batch, spread as mix_ssl_rows says."""
+        steps = stop - first
+        sl = 0 if phase == "ssl" else steps * batch_size * tasks * copies
         if phase == "sl":
-            return 0
-        return (self.mix_ssl_batches(steps) if phase == "mix" else steps) * batch_size
+            return 0, sl
+        if phase == "mix":
+            return self.mix_ssl_rows(first, stop, phase_steps, batch_size) * copies, sl
+        return steps * batch_size * copies, sl
 
     def to_dict(self) -> dict:
         return {

@@ -81,7 +81,7 @@ def test_failure_during_training_exits_1(monkeypatch, tmp_path, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(mixfast.train.trainer, "train", broken)
+    monkeypatch.setattr(mixfast.train.trainer.MixTrainer, "run", broken)
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 1
     assert "failed: RuntimeError: boom" in capsys.readouterr().err
 

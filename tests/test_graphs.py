@@ -15,6 +15,7 @@ import pytest
 import torch
 from _tiny import tiny_data, tiny_model
 
+import mixfast.train.optimizer_stage as optimizer_stage
 import mixfast.train.trainer as trainer_module
 from mixfast.optim import make_adamw
 from mixfast.train import TrainConfig, train
@@ -64,8 +65,7 @@ def test_a_run_through_captured_steps_equals_the_eager_run(monkeypatch, ssl_shar
     made: list[StepGraphs] = []
     optimizers: list = []
 
-    def stand_in_graphs(cfg, device, world, masks_outside):
-        assert masks_outside, "MixMAE takes its masks from outside the forward"
+    def stand_in_graphs(cfg, device, world):
         params = [p for p in graphed_model.parameters() if p.requires_grad]
         state = lambda: optimizers[-1].state  # noqa: E731 - the optimizer of the stage
         made.append(StepGraphs(device, graph_factory=lambda: RecordedStep(params, state)))
@@ -75,7 +75,7 @@ def test_a_run_through_captured_steps_equals_the_eager_run(monkeypatch, ssl_shar
         optimizers.append(make_adamw(*args, **kwargs))
         return optimizers[-1]
 
-    monkeypatch.setattr(trainer_module, "make_adamw", recording_make_adamw)
+    monkeypatch.setattr(optimizer_stage, "make_adamw", recording_make_adamw)
     monkeypatch.setattr(trainer_module, "make_step_graphs", stand_in_graphs)
     graphed_model = tiny_model()
     graphed = train(config(**settings), graphed_model, None, tiny_data(), tiny_data(32, seed=2))
@@ -124,12 +124,10 @@ def test_a_captured_step_refuses_other_shapes_and_constants():
 
 
 def test_where_graphs_cannot_work_the_run_steps_eagerly_and_says_why():
-    reasons = cuda_graph_blockers(
-        torch.device("cpu"), accum_steps=2, world=2, nonfinite="skip", masks_outside=False
-    )
-    assert [r.split(" ")[0] for r in reasons] == ["device", "accum_steps", "2", "nonfinite", "the"]
+    reasons = cuda_graph_blockers(torch.device("cpu"), accum_steps=2, world=2, nonfinite="skip")
+    assert [r.split(" ")[0] for r in reasons] == ["device", "accum_steps", "2", "nonfinite"]
     cuda = torch.device("cuda")
-    ok = dict(accum_steps=1, world=1, nonfinite="stop", masks_outside=True)
+    ok = dict(accum_steps=1, world=1, nonfinite="stop")
     assert cuda_graph_blockers(cuda, **ok) == []
     with pytest.warns(UserWarning, match="cuda_graph: stepping eagerly: device cpu is not CUDA"):
         result = train(config(cuda_graph=True, ssl_epochs=1, sl_epochs=1), tiny_model(), None,

@@ -14,6 +14,7 @@ LAYERS = {
     "mixfast.checks": 0,
     "mixfast.stats": 0,
     "mixfast._cuda_home": 0,
+    "mixfast.provenance": 0,
     "mixfast.ops": 1,
     "mixfast.kernels": 1,
     "mixfast.schedule": 2,
@@ -76,7 +77,12 @@ def test_imports_go_down_the_layers(path):
         assert target_layer <= own, f"{name} (layer {own}) imports {target} (layer {target_layer})"
 
 
+MAX_LINES = 500  # a file past this is split by job, never trimmed to fit
+MAX_TRAINER_LINES = 400  # the trainer reads as the plan of a run; its jobs are components
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_files_stay_short(path):
     lines = len(path.read_text().splitlines())
-    assert lines <= 580, f"{path.name} has {lines} lines; split it"
+    cap = MAX_TRAINER_LINES if path == ROOT / "mixfast" / "train" / "trainer.py" else MAX_LINES
+    assert lines <= cap, f"{path.relative_to(ROOT)} has {lines} lines (cap {cap}); split it by job"

@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten
 
 from mixfast.optim import GroupedAdamW
 from mixfast.train import MixTrainer, TrainConfig
+from mixfast.train.step_runner import StepRunner
 
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "is_nonzero", "item")
 
@@ -34,13 +35,13 @@ class OpTrace(TorchDispatchMode):
 def test_three_steps_of_each_phase_trace_alike(monkeypatch):
     traces: dict[str, list[OpTrace]] = defaultdict(list)
     optimizer_calls: list[int] = []
-    train_step = MixTrainer._train_step
+    train_step = StepRunner.step
 
-    def traced_step(self, phase, net, loss_fn):
+    def traced_step(self, phase, stage_step):
         calls_before = len(optimizer_calls)
         trace = OpTrace()
         with trace:
-            train_step(self, phase, net, loss_fn)
+            train_step(self, phase, stage_step)
         traces[phase].append(trace)
         assert len(optimizer_calls) - calls_before == 1, "one optimizer call per step"
 
@@ -50,7 +51,7 @@ def test_three_steps_of_each_phase_trace_alike(monkeypatch):
         optimizer_calls.append(1)
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(MixTrainer, "_train_step", traced_step)
+    monkeypatch.setattr(StepRunner, "step", traced_step)
     monkeypatch.setattr(GroupedAdamW, "step", counted_step)
     # SSL x 1 -> MIX x 1 -> SL x 1, 4 steps each; lr warms up and decays, a(t) moves
     config = TrainConfig(

@@ -20,6 +20,7 @@ from mixfast.cli.args import add_train_arguments, config_from_args
 from mixfast.data import ImageDataset
 from mixfast.optim import make_adamw, param_groups
 from mixfast.train import MixTrainer, NonFiniteLossError, TrainConfig, train
+from mixfast.train.step_runner import StepRunner
 
 
 def tiny_config(tmp_path, name: str = "run", **overrides) -> TrainConfig:
@@ -419,9 +420,9 @@ def test_finetune_stage_uses_layer_decay_by_default(tmp_path):
     config = tiny_config(tmp_path, ssl_epochs=1, sl_epochs=1, mix_ratio=0.0, out=None)
     trainer = MixTrainer(tiny_model(), config)
     trainer.fit(None, tiny_data(), None)
-    scales = {round(g["lr_scale"], 6) for g in trainer.optimizer.param_groups}
-    assert trainer.resolved["stages"]["finetune"]["layer_decay"] == 0.75
-    assert trainer.resolved["stages"]["pretrain"]["layer_decay"] == 1.0
+    scales = {round(g["lr_scale"], 6) for g in trainer.stages.optimizer.param_groups}
+    assert trainer.plan.stages["finetune"].layer_decay == 0.75
+    assert trainer.plan.stages["pretrain"].layer_decay == 1.0
     assert scales == {round(0.75**k, 6) for k in range(4)}
 
 
@@ -434,9 +435,9 @@ def test_finetune_from_sets_which_phase_opens_the_finetune_optimizer(tmp_path, f
     betas: dict[str, tuple] = {}
     train_epoch = MixTrainer._train_epoch
 
-    def record(self, spec, out):  # the optimizer each phase steps with
-        stopped = train_epoch(self, spec, out)
-        betas[spec.phase] = tuple(self.optimizer.param_groups[0]["betas"])
+    def record(self, spec):  # the optimizer each phase steps with
+        stopped = train_epoch(self, spec)
+        betas[spec.phase] = tuple(self.stages.optimizer.param_groups[0]["betas"])
         return stopped
 
     MixTrainer._train_epoch = record
@@ -444,8 +445,8 @@ def test_finetune_from_sets_which_phase_opens_the_finetune_optimizer(tmp_path, f
         trainer.fit(None, tiny_data(), None)
     finally:
         MixTrainer._train_epoch = train_epoch
-    stages = trainer.resolved["stages"]
-    steps = trainer.resolved["steps_per_epoch"]
+    stages = trainer.plan.to_dict()["stages"]
+    steps = trainer.plan.steps_per_epoch
     pretrain, finetune = (0.9, 0.95), (0.9, 0.999)
     if finetune_from == "mix":
         assert betas == {"ssl": pretrain, "mix": finetune, "sl": finetune}
@@ -570,10 +571,10 @@ def test_cuda_amp_compile_train(tmp_path):
 @pytest.mark.cuda
 def test_cuda_steps_never_sync_with_the_host(tmp_path, monkeypatch):
     """Every step after the first of an epoch runs with CUDA sync debugging set to error."""
-    train_step = MixTrainer._train_step
+    train_step = StepRunner.step
 
     def strict_step(self, *args):
-        if self.step_in_epoch == 0:  # lazy set-up (first gather of a pass, workspaces)
+        if self.position.step_in_epoch == 0:  # lazy set-up (first gather of a pass, workspaces)
             return train_step(self, *args)
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -581,7 +582,7 @@ def test_cuda_steps_never_sync_with_the_host(tmp_path, monkeypatch):
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
-    monkeypatch.setattr(MixTrainer, "_train_step", strict_step)
+    monkeypatch.setattr(StepRunner, "step", strict_step)
     config = tiny_config(tmp_path, device="cuda", compile=False, clip_grad=1.0, log_every=100)
     result = train(config, tiny_model(), None, tiny_data(), tiny_data(20))
     assert result.completed

@@ -1,6 +1,7 @@
-"""The flags of `train` and `compare`: training flags generated from TrainConfig's fields, model
-and data flags, and `--config FILE.yaml` defaults. Library errors name settings as {name};
-`flag` spells them as these flags."""
+"""The flags of `train` and `compare`, generated from the fields of the run's settings
+(TrainConfig, ModelConfig, DataConfig: one flag per field, their defaults the fields'), and
+`--config FILE.yaml` defaults. `spec_from_args` turns parsed flags back into a validated
+RunSpec. Library errors name settings as {name}; `flag` spells them as these flags."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from mixfast.data import DATASETS, REGIMES, SSL_POOLS
-from mixfast.data.files import MEMORY_CAP_GB
-from mixfast.data.training import CROP_SCALE
-from mixfast.experiment import DEFAULT_MODEL
 from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS
 from mixfast.train.config import FINETUNE_FROM, NONFINITE, TrainConfig
+from mixfast.train.settings import DataConfig, ModelConfig, RunSpec
 
 
 class UsageError(ValueError):
@@ -27,51 +26,158 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-# TrainConfig fields that are not flags, and the flags that differ from `--name VALUE`.
-NOT_FLAGS = ("augment", "compile_backend")
-CHOICES = {
-    "pipeline": PIPELINES,
-    "transition": TRANSITIONS,
-    "sl_view": SL_VIEWS,
-    "nonfinite": NONFINITE,
-    "finetune_from": FINETUNE_FROM,
-}
-SWITCHES = {  # field -> (flag, argparse kwargs), or a list of them
-    "compile": [
-        ("--no-compile", dict(action="store_const", const=False)),
-        (
-            "--compile",
-            dict(
-                action="store_const",
-                const=True,
-                help="torch.compile the step on CPU too (default: on CUDA only)",
-            ),
-        ),
-    ],
-    "amp": ("--no-amp", dict(action="store_false")),
-    "cuda_graph": (
-        "--cuda-graph",
-        dict(
-            action="store_true",
-            help="capture each phase's whole step in a CUDA graph and replay it (CUDA, one "
-            "process, no accumulation; otherwise steps eagerly with a warning)",
-        ),
+# Per field, what differs from `--name VALUE` with the field's type and default: extra
+# argparse kwargs (help, choices, nargs, ...), or "switches", a list of (flag, kwargs) that
+# set the field (in a mutually exclusive group when "exclusive"), or None: no flag.
+FlagSpecs = dict[str, Any]
+
+TRAIN_FLAGS: FlagSpecs = {
+    "augment": None,  # the callable comes from --augment (DataConfig)
+    "compile_backend": None,
+    "pipeline": dict(choices=PIPELINES),
+    "transition": dict(choices=TRANSITIONS),
+    "sl_view": dict(choices=SL_VIEWS),
+    "nonfinite": dict(choices=NONFINITE),
+    "finetune_from": dict(
+        choices=FINETUNE_FROM,
+        help="the phase that opens the fine-tune optimizer (sl: the mix phase continues the "
+        "pre-train one)",
     ),
-    "progress": ("--no-progress", dict(action="store_false")),
-    "resume": ("--resume", dict(action="store_true", help="continue from OUT/last.pt")),
+    "compile": dict(
+        switches=[
+            ("--no-compile", dict(action="store_const", const=False)),
+            (
+                "--compile",
+                dict(
+                    action="store_const",
+                    const=True,
+                    help="torch.compile the step on CPU too (default: on CUDA only)",
+                ),
+            ),
+        ]
+    ),
+    "amp": dict(switches=[("--no-amp", dict(action="store_false"))]),
+    "cuda_graph": dict(
+        switches=[
+            (
+                "--cuda-graph",
+                dict(
+                    action="store_true",
+                    help="capture each phase's whole step in a CUDA graph and replay it (CUDA, "
+                    "one process, no accumulation; otherwise steps eagerly with a warning)",
+                ),
+            )
+        ]
+    ),
+    "progress": dict(switches=[("--no-progress", dict(action="store_false"))]),
+    "resume": dict(
+        switches=[("--resume", dict(action="store_true", help="continue from OUT/last.pt"))]
+    ),
+    "task_weights": dict(type=float, nargs="+"),
+    "mix_ratio": dict(help="rho in [0, 1]"),
+    "ssl_share": dict(
+        help="SSL sub-batch of a mix step as a share of the batch, in (0, 1] (the SSL passes "
+        "it does not make go to the SSL phase)"
+    ),
+    "batch_size": dict(help="per device"),
+    "blr": dict(help="fine-tune base lr per 256"),
+    "ssl_blr": dict(help="pre-train base lr per 256"),
+    "out": dict(help="run folder (config, metrics, checkpoint)"),
+    "stop_after": dict(help=argparse.SUPPRESS),
 }
-HELP = {
-    "mix_ratio": "rho in [0, 1]",
-    "ssl_share": "SSL sub-batch of a mix step as a share of the batch, in (0, 1] (the SSL "
-    "passes it does not make go to the SSL phase)",
-    "batch_size": "per device",
-    "blr": "fine-tune base lr per 256",
-    "ssl_blr": "pre-train base lr per 256",
-    "finetune_from": "the phase that opens the fine-tune optimizer (sl: the mix phase "
-    "continues the pre-train one)",
-    "out": "run folder (config, metrics, checkpoint)",
-    "stop_after": argparse.SUPPRESS,
+
+MODEL_FLAGS: FlagSpecs = {
+    "model": dict(help="timm ViT name (default: %(default)s)"),
+    "patch_size": dict(help="patch size; default: the largest of 16/8/7/4 giving >= 16 patches"),
+    "depth": dict(help="encoder blocks (override)"),
+    "embed_dim": dict(help="encoder width (override)"),
+    "num_heads": dict(help="attention heads (override)"),
+    "decoder_dim": dict(help="MAE decoder width"),
+    "decoder_depth": dict(help="MAE decoder blocks"),
 }
+
+DATA_FLAGS: FlagSpecs = {
+    "dataset": dict(
+        help=f"one of {', '.join(DATASETS)}; a folder (ROOT/<class>/<image>, or ROOT/train "
+        "and ROOT/val), a .tar of class folders or a folder of tar shards, read with timm's "
+        "readers; wds/FOLDER (tar shards) or hfds/FOLDER (a Hugging Face dataset saved to "
+        "disk) (default: %(default)s)"
+    ),
+    "data_dir": dict(
+        help="dataset root; fashion-mnist also looks at $MIXFAST_FASHION_MNIST_DIR and dpkg"
+    ),
+    "img_size": dict(help="input size; default: the data's"),
+    "fraction": dict(help="labeled fraction per class"),
+    "per_class": dict(help="labeled images per class"),
+    "train_limit": dict(help="cap on training images"),
+    "test_limit": dict(help="cap on test images"),
+    "regime": dict(
+        choices=REGIMES,
+        help="data-limited: SSL on the labeled images only; semi-supervised: SSL on every "
+        "training image outside validation, labels on --fraction (default: %(default)s)",
+    ),
+    "val_fraction": dict(
+        help="validation split carved from the training images, per class (default: 0.1)"
+    ),
+    "val_max": dict(help="at most this many validation images"),
+    "task": dict(
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="a supervised task (repeat for several: task k trains head k): key=value pairs "
+        "name=, classes=A-B or A+B, groups=FILE.json (class -> group), fraction=, dataset=, "
+        "data_dir=; default: one task, the dataset's classes",
+    ),
+    "data_mode": dict(
+        exclusive=True,
+        switches=[
+            (
+                "--stream",
+                dict(
+                    action="store_const",
+                    const="stream",
+                    help="decode image files in DataLoader workers (--num-workers) every epoch; "
+                    "default: when they exceed --memory-cap-gb decoded",
+                ),
+            ),
+            (
+                "--in-memory",
+                dict(
+                    action="store_const",
+                    const="memory",
+                    help="decode image files into memory once (default: when they fit "
+                    "--memory-cap-gb)",
+                ),
+            ),
+        ],
+    ),
+    "skip_bad": dict(
+        switches=[
+            (
+                "--skip-bad",
+                dict(
+                    action="store_true",
+                    help="decode every image file once before training and leave out those that "
+                    "do not decode (counted, and named in DIR/data.json); default: such a file "
+                    "stops the run with an error naming it",
+                ),
+            )
+        ]
+    ),
+    "memory_cap_gb": dict(
+        help="image files larger than this, decoded, are streamed (default: %(default)s)"
+    ),
+    "augment": dict(
+        action=argparse.BooleanOptionalAction,
+        help="on-device random resized crop + flip (default: off; it cost accuracy at the "
+        "short budgets measured, benchmarks/results/fashion-mnist-recipe-cpu-2026-12-01/)",
+    ),
+    "augment_scale": dict(
+        metavar="MIN",
+        help="--augment's crops cover MIN to all of the image's area (default: %(default)s)",
+    ),
+}
+
 VALUE_TYPES = {"float": float, "int": int, "str": str}
 
 
@@ -81,160 +187,75 @@ def _value_type(field: dataclasses.Field) -> type:
     return VALUE_TYPES.get(annotation, str)
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """One flag per TrainConfig field; defaults are TrainConfig's (so --config can set them)."""
-    defaults = TrainConfig()
-    group = parser.add_argument_group("training")
-    for field in dataclasses.fields(TrainConfig):
+def add_dataclass_arguments(
+    group: argparse._ArgumentGroup, settings: type, specs: FlagSpecs
+) -> None:
+    """One flag per field of the dataclass `settings` (see FlagSpecs); defaults are the
+    fields' (so --config can set them)."""
+    defaults = settings()
+    for field in dataclasses.fields(settings):
         name = field.name
-        if name in NOT_FLAGS:
+        if name in specs and specs[name] is None:
             continue
-        if name in SWITCHES:
-            switches = SWITCHES[name]
-            for switch, kwargs in switches if isinstance(switches, list) else [switches]:
-                group.add_argument(switch, dest=name, **kwargs)
+        spec = dict(specs.get(name, {}))
+        default = getattr(defaults, name)
+        if "switches" in spec:
+            target = group.add_mutually_exclusive_group() if spec.get("exclusive") else group
+            for switch, kwargs in spec.pop("switches"):
+                target.add_argument(switch, dest=name, **kwargs)
+            group.set_defaults(**{name: default})
             continue
-        kwargs: dict[str, Any] = dict(default=getattr(defaults, name))
-        if name in HELP:
-            kwargs["help"] = HELP[name]
-        if name in CHOICES:
-            kwargs["choices"] = CHOICES[name]
-        elif name == "task_weights":
-            kwargs.update(type=float, nargs="+")
-        else:
+        kwargs = {"default": default, **spec}
+        if "action" not in kwargs and "type" not in kwargs and "choices" not in kwargs:
             kwargs["type"] = _value_type(field)
         group.add_argument(flag(name), **kwargs)
-    parser.set_defaults(**{name: getattr(defaults, name) for name in SWITCHES})
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """One flag per TrainConfig field."""
+    add_dataclass_arguments(parser.add_argument_group("training"), TrainConfig, TRAIN_FLAGS)
     return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed flags (fields absent from `args` keep their defaults)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_FLAGS)
-    config = TrainConfig(**{n: getattr(args, n) for n in names if hasattr(args, n)})
-    config.validate()
-    return config
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model", default=DEFAULT_MODEL, help="timm ViT name (default: %(default)s)"
-    )
-    group.add_argument("--img-size", type=int, default=None, help="input size; default: the data's")
-    group.add_argument(
-        "--patch-size",
-        type=int,
-        default=None,
-        help="patch size; default: the largest of 16/8/7/4 giving >= 16 patches",
-    )
-    group.add_argument("--depth", type=int, default=None, help="encoder blocks (override)")
-    group.add_argument("--embed-dim", type=int, default=None, help="encoder width (override)")
-    group.add_argument("--num-heads", type=int, default=None, help="attention heads (override)")
-    group.add_argument("--decoder-dim", type=int, default=None, help="MAE decoder width")
-    group.add_argument("--decoder-depth", type=int, default=None, help="MAE decoder blocks")
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset",
-        default="fashion-mnist",
-        help=f"one of {', '.join(DATASETS)}; a folder (ROOT/<class>/<image>, or ROOT/train "
-        "and ROOT/val), a .tar of class folders or a folder of tar shards, read with timm's "
-        "readers; wds/FOLDER (tar shards) or hfds/FOLDER (a Hugging Face dataset saved to "
-        "disk) (default: %(default)s)",
-    )
-    group.add_argument(
-        "--data-dir",
-        default=None,
-        help="dataset root; fashion-mnist also looks at $MIXFAST_FASHION_MNIST_DIR and dpkg",
-    )
-    group.add_argument("--fraction", type=float, default=1.0, help="labeled fraction per class")
-    group.add_argument("--per-class", type=int, default=None, help="labeled images per class")
-    group.add_argument("--train-limit", type=int, default=None, help="cap on training images")
-    group.add_argument("--test-limit", type=int, default=None, help="cap on test images")
-    group.add_argument(
-        "--regime",
-        choices=REGIMES,
-        default="data-limited",
-        help="data-limited: SSL on the labeled images only; semi-supervised: SSL on every "
-        "training image outside validation, labels on --fraction (default: %(default)s)",
-    )
-    group.add_argument(
-        "--ssl-pool", choices=tuple(SSL_POOLS), default=None, help=argparse.SUPPRESS
-    )  # the older name: same = data-limited, all = semi-supervised
-    group.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="validation split carved from the training images, per class (default: 0.1)",
-    )
-    group.add_argument(
-        "--val-max", type=int, default=5000, help="at most this many validation images"
-    )
-    group.add_argument(
-        "--task",
-        action="append",
-        default=None,
-        metavar="SPEC",
-        help="a supervised task (repeat for several: task k trains head k): key=value pairs "
-        "name=, classes=A-B or A+B, groups=FILE.json (class -> group), fraction=, dataset=, "
-        "data_dir=; default: one task, the dataset's classes",
-    )
-    storage = group.add_mutually_exclusive_group()
-    storage.add_argument(
-        "--stream",
-        dest="data_mode",
-        action="store_const",
-        const="stream",
-        default="auto",
-        help="decode image files in DataLoader workers (--num-workers) every epoch; default: "
-        "when they exceed --memory-cap-gb decoded",
-    )
-    storage.add_argument(
-        "--in-memory",
-        dest="data_mode",
-        action="store_const",
-        const="memory",
-        help="decode image files into memory once (default: when they fit --memory-cap-gb)",
-    )
-    group.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="decode every image file once before training and leave out those that do not "
-        "decode (counted, and named in DIR/data.json); default: such a file stops the run "
-        "with an error naming it",
-    )
-    group.add_argument(
-        "--memory-cap-gb",
-        type=float,
-        default=MEMORY_CAP_GB,
-        help="image files larger than this, decoded, are streamed (default: %(default)s)",
-    )
-    group.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="on-device random resized crop + flip (default: off; it cost accuracy at the "
-        "short budgets measured, benchmarks/results/fashion-mnist-recipe-cpu-2026-12-01/)",
-    )
-    group.add_argument(
-        "--augment-scale",
-        type=float,
-        default=CROP_SCALE,
-        metavar="MIN",
-        help="--augment's crops cover MIN to all of the image's area (default: %(default)s)",
-    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
-    add_model_arguments(parser)
-    add_data_arguments(parser)
+    add_dataclass_arguments(parser.add_argument_group("model"), ModelConfig, MODEL_FLAGS)
+    data = parser.add_argument_group("data")
+    add_dataclass_arguments(data, DataConfig, DATA_FLAGS)
+    data.add_argument(
+        "--ssl-pool", choices=tuple(SSL_POOLS), default=None, help=argparse.SUPPRESS
+    )  # the older name of --regime: same = data-limited, all = semi-supervised
     parser.add_argument(
         "--config", default=None, metavar="FILE.yaml", help="defaults; flags override"
     )
+
+
+def _fields_of(
+    settings: type, args: argparse.Namespace, specs: FlagSpecs | None = None
+) -> dict[str, Any]:
+    """The fields of `settings` that are flags (see FlagSpecs) and were parsed into `args`."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    names -= {name for name, spec in (specs or {}).items() if spec is None}
+    return {n: getattr(args, n) for n in names if hasattr(args, n)}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed flags (fields absent from `args` keep their defaults)."""
+    config = TrainConfig(**_fields_of(TrainConfig, args, TRAIN_FLAGS))
+    config.validate()
+    return config
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """The validated RunSpec of parsed `train` / `compare` flags."""
+    data = _fields_of(DataConfig, args)
+    data["task"] = tuple(data.get("task") or ())
+    if getattr(args, "ssl_pool", None):
+        data["regime"] = SSL_POOLS[args.ssl_pool]
+    spec = RunSpec(DataConfig(**data), ModelConfig(**_fields_of(ModelConfig, args)))
+    spec = dataclasses.replace(spec, train=config_from_args(args))
+    spec.validate()
+    return spec
 
 
 def load_config_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:

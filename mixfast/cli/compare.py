@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mixfast import compare, experiment, report
-from mixfast.cli.args import UsageError, add_run_arguments, config_from_args
+from mixfast.cli.args import UsageError, add_run_arguments, spec_from_args
 from mixfast.compare import holds_run
 from mixfast.data import REGIMES
+from mixfast.provenance import provenance
 from mixfast.schedule import PIPELINES
 
 
@@ -106,39 +107,54 @@ def check_compare_args(args: argparse.Namespace) -> Path:
     return report
 
 
+def compare_config(args: argparse.Namespace) -> compare.CompareConfig:
+    return compare.CompareConfig(
+        out=args.out,
+        fractions=tuple(args.fractions),
+        seeds=tuple(args.seeds),
+        pipelines=tuple(args.pipelines),
+        regimes=tuple(args.regimes),
+        budgets=tuple(args.budgets) if args.budgets else None,
+        warmup=not args.no_warmup,
+        resume=args.resume,
+        force=args.force,
+    )
+
+
 def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
     """Set up and validate everything (errors exit 2); return the runs to do."""
     report_path = check_compare_args(args)
-    base = config_from_args(args)
-    if args.resume:
-        stale = compare.stale_runs(args, base)
+    cmp = compare_config(args)
+    spec = spec_from_args(argparse.Namespace(**{**vars(args), "regime": args.regimes[0]}))
+    spec = spec.replace(data={"fraction": args.fractions[0]})  # what data.json describes
+    if cmp.resume:
+        stale = compare.stale_runs(cmp, spec)
         if stale:
             raise UsageError(
-                f"--resume: {len(stale)} run folder(s) of {args.out} were made with other "
+                f"--resume: {len(stale)} run folder(s) of {cmp.out} were made with other "
                 f"settings, so their results cannot be reused: {', '.join(stale[:3])}; pass "
                 "--force to run them again, or another --out"
             )
-    splits = experiment.open_source(args)
-    args.regime = args.regimes[0]  # what data.json of the settings describes
-    first = experiment.prepare_data(splits, args, fraction=args.fractions[0])
-    experiment.model_kwargs(args, first)  # checks the patch grid (and warns) before any work
-    compare.check_cells(args, base, splits)
+    splits = experiment.open_source(spec)
+    first = experiment.prepare_data(splits, spec)
+    experiment.model_kwargs(spec.model, first)  # checks the patch grid (and warns) first
+    compare.check_cells(cmp, spec, splits)
     settings = {
-        "dataset": args.dataset,
-        "regimes": args.regimes,
-        "fractions": args.fractions,
-        "budgets": args.budgets,
-        "seeds": args.seeds,
-        "pipelines": args.pipelines,
-        "config": {k: compare.jsonable(v) for k, v in dataclasses.asdict(base).items()},
-        "data": experiment.data_settings(args, first, args.fractions[0]),
-        "device": compare.describe_device(getattr(base, "device", None)),
-        "command": "mixfast " + " ".join(sys.argv[1:]),
+        "dataset": spec.data.dataset,
+        "regimes": list(cmp.regimes),
+        "fractions": list(cmp.fractions),
+        "budgets": None if cmp.budgets is None else list(cmp.budgets),
+        "seeds": list(cmp.seeds),
+        "pipelines": list(cmp.pipelines),
+        "config": {k: compare.jsonable(v) for k, v in dataclasses.asdict(spec.train).items()},
+        "data": experiment.data_record(spec, first),
+        "device": compare.describe_device(spec.train.device),
+        **provenance(),
     }
     print(compare.PROTOCOL, file=sys.stderr)
 
     def work() -> int:
-        runs = compare.run_all(args, base, splits, settings, report_path)
+        runs = compare.run_all(cmp, spec, splits, settings, report_path)
         report.print_table(runs, settings)
         plot_path = report_path.with_suffix(".png")
         report.plot(runs, plot_path, settings)

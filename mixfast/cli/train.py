@@ -6,12 +6,11 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from mixfast import experiment
-from mixfast.checkpoint import check_run_folder, claim_run_folder, write_json
-from mixfast.cli.args import add_run_arguments, config_from_args
-from mixfast.train import distributed, trainer
+from mixfast.checkpoint import RunFolder, write_json
+from mixfast.cli.args import add_run_arguments, spec_from_args
+from mixfast.train import MixTrainer, distributed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,32 +39,37 @@ def top1_line(result, names: list[str] | None = None) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
-    """Set up (errors here exit 2), then return the work to run (errors there exit 1)."""
+    """Set up (errors here exit 2, nothing written), then return the work to run (errors
+    there exit 1). The command owns the run folder: checked, claimed and released once."""
     if args.out is None:  # a new folder per run
         args.out = f"runs/{args.pipeline.replace('+', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = config_from_args(args)
-    check_run_folder(config.out, config.resume)
+    spec = spec_from_args(args)
+    config = spec.train
+    folder = RunFolder(config.out, config.resume)
     if config.resume:
-        experiment.check_resume(args, config, config.out)
-    data = experiment.load_data(args)
-    experiment.check_data_fits(args, config, data, config.mask_ratio)
-    model = experiment.build_model(args, data, config.seed)
-    config = experiment.with_augment(config, data, args)
+        experiment.check_data_record(spec, folder.path)
+    data = experiment.load_data(spec)
+    experiment.check_data_fits(spec, data)
+    model = experiment.build_model(spec, data)
+    config = experiment.with_augment(config, data, spec.data)
+    trainer = MixTrainer(model, config)
+    trainer.prepare(*data.fit_inputs(), folder=folder)  # the checkpoint's own settings checked
     main_rank = distributed.env_rank() == 0
     if main_rank:
-        claim_run_folder(config.out)  # marker + lock, before the first file is written
+        folder.claim()  # marker + lock, before the first file is written
         if not config.resume:
-            settings = experiment.data_settings(args, data, args.fraction)
-            write_json(Path(config.out) / "data.json", settings)
-        print(
-            f"mixfast train: {config.pipeline} on {args.dataset}: {data.summary()}", file=sys.stderr
-        )
+            write_json(folder.path / "data.json", experiment.data_record(spec, data))
+        name = spec.data.dataset
+        print(f"mixfast train: {config.pipeline} on {name}: {data.summary()}", file=sys.stderr)
 
     def work() -> int:
-        ssl_data, sl_data, val_data, test_data = data.fit_inputs()
-        result = trainer.train(config, model, ssl_data, sl_data, val_data, test_data=test_data)
+        with folder:
+            result = trainer.run()
         if main_rank:
             print(f"{top1_line(result, [t.name for t in data.tasks])} -> {config.out}")
         return 0
 
     return work
+
+
+__all__ = ["add_parser", "cmd_train"]

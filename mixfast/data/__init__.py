@@ -1,5 +1,6 @@
-"""Data: readers of image sources into uint8 splits (sources.py), the training data built
-from them (training.py) and several supervised tasks over them (tasks.py)."""
+"""Data: readers of image sources into uint8 splits (sources.py), image files read where they
+lie (readers.py, under files.py, shards.py and hf.py), the training data built from them
+(training.py) and several supervised tasks over them (tasks.py)."""
 
 from mixfast.data.files import (
     DATA_MODES,

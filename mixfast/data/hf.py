@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from mixfast.data.files import FileSplits, splits_of
+from mixfast.data.readers import FileSplits, splits_of
 from mixfast.data.sources import DataError
 
 TEST_SPLITS = ("test", "validation", "val")

@@ -7,20 +7,27 @@ ReaderImageInTar labels the image by its folder, so mixfast reads a folder of sh
 other image source (`--dataset DST`). Samples are shuffled across shards with a fixed seed.
 DST/info.json records the classes and, per shard, its file, sample count and per-class counts
 (the label metadata for stratified subsets without opening a shard). A source with train/ and
-val|test/ folders gives DST/train/ and DST/val/.
+val|test/ folders gives DST/train/ and DST/val/. Reading a folder of shards checks them against
+info.json first (`check_shards`, in mixfast.data.readers with the rest of the reading side).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
 import torch
 
 from mixfast.checkpoint import write_json
-from mixfast.data.files import FileView, open_files, open_reader, reader_classes, reader_labels
+from mixfast.data.files import open_files
+from mixfast.data.readers import (
+    FileView,
+    check_shards,
+    open_reader,
+    reader_classes,
+    reader_labels,
+)
 from mixfast.data.sources import DataError
 
 SHUFFLE_SEED = 2027
@@ -86,51 +93,6 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     member = tarfile.TarInfo(name)
     member.size = len(data)
     tar.addfile(member, io.BytesIO(data))
-
-
-def check_shards(root: Path) -> None:
-    """Every shard of `root` that info.json lists (in root, or in its parent for a train/ or
-    val/ folder) is there, opens and holds its samples; a DataError names the first that
-    does not."""
-    info_path = root / "info.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
-        folders = {split: root if split == "all" else root / split for split in info["splits"]}
-    elif (root.parent / "info.json").is_file():
-        info_path = root.parent / "info.json"
-        info = json.loads(info_path.read_text())
-        folders = {root.name: root} if root.name in info["splits"] else {}
-    else:
-        return
-    for split, folder in folders.items():
-        for shard in info["splits"][split]["shards"]:
-            path = folder / shard["file"]
-            if not path.is_file():
-                raise DataError(f"{path}: a shard that {info_path} lists is missing")
-            try:
-                with tarfile.open(path) as tar:
-                    count = sum(_check_label(tar, m, info["classes"], path) for m in tar)
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                raise DataError(f"{path}: the shard is corrupt ({exc})") from exc
-            if count != shard["count"]:
-                raise DataError(f"{path}: {count} samples, {info_path} says {shard['count']}")
-
-
-def _check_label(tar: tarfile.TarFile, member: tarfile.TarInfo, classes: list, path: Path) -> int:
-    """1 for a `.cls` member whose label is its folder's class index, 0 for other members;
-    a DataError naming SHARD:MEMBER for any other label."""
-    if not member.name.endswith(".cls"):
-        return 0
-    text = tar.extractfile(member).read().decode(errors="replace").strip()
-    folder = member.name.split("/")[0]
-    want = classes.index(folder) if folder in classes else None
-    if not text.isdigit() or int(text) != want:
-        allowed = f"{want} (its folder {folder!r})" if want is not None else "none"
-        raise DataError(
-            f"{path}:{member.name}: label {text!r} is outside the classes of info.json or "
-            f"not its folder's; allowed: {allowed}"
-        )
-    return 1
 
 
 __all__ = ["check_shard_args", "check_shards", "write_shards"]

@@ -28,13 +28,12 @@ import torch
 from mixfast.data.files import FileSplits, FileView
 from mixfast.data.sources import DATASETS, DataError, ImageSplits, resize_splits, stratified_subset
 from mixfast.data.training import (
-    REGIMES,
-    SSL_POOLS,
     ImageDataset,
     TaskData,
     TrainingData,
     dataset_of,
     prepare_training_data,
+    resolve_regime,
 )
 
 TASK_KEYS = ("name", "classes", "groups", "fraction", "dataset", "data_dir")
@@ -223,9 +222,7 @@ def prepare_task_data(
 ) -> TrainingData:
     """TrainingData with one TaskData per spec (see the module docstring); `load(dataset,
     data_dir, size=)` reads the other sources (default: mixfast.data.load_dataset)."""
-    regime = SSL_POOLS.get(regime, regime)
-    if regime not in REGIMES:
-        raise DataError(f"{{regime}} {regime!r} is not allowed; use one of {REGIMES}")
+    regime = resolve_regime(regime)
     if not specs:
         raise DataError("{task}: give at least one task")
     names = [spec.name or f"task{k}" for k, spec in enumerate(specs)]

@@ -9,20 +9,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from mixfast.data.files import FileImages, FileSplits
+from mixfast.data.readers import FileImages, FileSplits, LabeledImages
 from mixfast.data.sources import DataError, ImageSplits, stratified_subset
 
 # --------------------------------------------------------------------------------------------
 # Datasets and augmentation
 
 
-class ImageDataset(Dataset):
+class ImageDataset(LabeledImages):
     """uint8 images in memory served as normalised float (image [C, H, W], label) pairs.
 
-    Keeps `images` (uint8), `labels`, `mean` and `std` public so a trainer can move whole
-    batches to the device and run `BatchAugment` there instead.
+    Keeps `images` (uint8 [N, C, H, W]), `labels`, `mean` and `std` public so a trainer can
+    move whole batches to the device and run `BatchAugment` there instead.
     """
 
     def __init__(
@@ -36,11 +35,7 @@ class ImageDataset(Dataset):
             raise DataError("ImageDataset needs uint8 images [N, C, H, W] and N labels")
         if len(mean) != images.shape[1] or len(std) != images.shape[1]:
             raise DataError(f"mean/std need {images.shape[1]} values, got {len(mean)}/{len(std)}")
-        self.images, self.labels = images, labels.long()
-        self.mean, self.std = tuple(mean), tuple(std)
-
-    def __len__(self) -> int:
-        return len(self.images)
+        super().__init__(images, labels, mean, std)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return normalize(self.images[index], self.mean, self.std), self.labels[index]
@@ -219,6 +214,14 @@ SSL_POOLS = {"same": "data-limited", "all": "semi-supervised"}  # the older name
 VAL_SEED = 104729  # one validation split for every run seed and fraction
 
 
+def resolve_regime(regime: str) -> str:
+    """One of REGIMES, from its name or its older SSL_POOLS name; a DataError otherwise."""
+    regime = SSL_POOLS.get(regime, regime)
+    if regime not in REGIMES:
+        raise DataError(f"{{regime}} {regime!r} is not allowed; use one of {REGIMES}")
+    return regime
+
+
 def validation_split(
     labels: torch.Tensor, num_classes: int, fraction: float, max_images: int
 ) -> torch.Tensor:
@@ -262,9 +265,7 @@ def prepare_training_data(
     sees the labeled images only (same images for both objectives); "semi-supervised": SSL sees
     every training image outside validation. Validation is never labeled training data and
     never in the SSL pool."""
-    regime = SSL_POOLS.get(regime, regime)
-    if regime not in REGIMES:
-        raise DataError(f"{{regime}} {regime!r} is not allowed; use one of {REGIMES}")
+    regime = resolve_regime(regime)
     if not 0.0 <= val_fraction <= 0.5:
         raise DataError(f"{{val_fraction}} must be in [0, 0.5], got {val_fraction}")
     for name, value in (("train_limit", train_limit), ("test_limit", test_limit)):

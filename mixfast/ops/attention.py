@@ -31,8 +31,7 @@ MAX_HEAD_DIM = 256
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("mixfast::varlen_attn_fwd", mutates_args=())
-def varlen_attn_fwd(
+def _varlen_attn_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -49,6 +48,12 @@ def varlen_attn_fwd(
 
         return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale, seq_groups)
     return varlen_attn_fwd_reference(q, k, v, cu_seqlens, softmax_scale)
+
+
+# The op is the plain function registered: the qkvpacked op below runs the same body.
+varlen_attn_fwd = torch.library.custom_op("mixfast::varlen_attn_fwd", mutates_args=())(
+    _varlen_attn_fwd
+)
 
 
 @varlen_attn_fwd.register_fake
@@ -127,14 +132,7 @@ def varlen_attn_qkvpacked_fwd(
     seq_groups: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out [T, H, Dh] (contiguous) and lse [H, T] fp32, as varlen_attn_fwd on qkv.unbind(1)."""
-    q, k, v = qkv.unbind(1)
-    if not q.is_cuda:
-        _check_cu_seqlens_values(cu_seqlens, q.shape[0], max_seqlen, seq_groups)
-    if use_triton(q):
-        from mixfast.kernels.attention import varlen_attn_fwd as triton_fwd
-
-        return triton_fwd(q, k, v, cu_seqlens, max_seqlen, softmax_scale, seq_groups)
-    return varlen_attn_fwd_reference(q, k, v, cu_seqlens, softmax_scale)
+    return _varlen_attn_fwd(*qkv.unbind(1), cu_seqlens, max_seqlen, softmax_scale, seq_groups)
 
 
 @varlen_attn_qkvpacked_fwd.register_fake
@@ -226,11 +224,8 @@ def varlen_attention(
     Like flash-attention, the cu_seqlens values are checked only where reading them costs no
     device sync (CPU tensors); shapes, dtypes and devices are always checked.
     """
-    _check_inputs(q, k, v, cu_seqlens, max_seqlen)
-    groups = _flat_groups(seq_groups, cu_seqlens, max_seqlen)
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
-    out, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, float(softmax_scale), groups)
+    scale, groups = _checked_args((q, k, v), cu_seqlens, max_seqlen, softmax_scale, seq_groups)
+    out, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, scale, groups)
     return out
 
 
@@ -249,12 +244,25 @@ def varlen_attention_qkvpacked(
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 4 or qkv.shape[1] != 3:
         shape = list(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__
         raise ValueError(f"varlen_attention_qkvpacked: qkv must be [T, 3, H, Dh]; got {shape}")
-    _check_inputs(*qkv.unbind(1), cu_seqlens, max_seqlen)
+    scale, groups = _checked_args(qkv.unbind(1), cu_seqlens, max_seqlen, softmax_scale, seq_groups)
+    out, _ = varlen_attn_qkvpacked_fwd(qkv, cu_seqlens, max_seqlen, scale, groups)
+    return out
+
+
+def _checked_args(
+    qkv: tuple[torch.Tensor, ...],
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    softmax_scale: float | None,
+    seq_groups: list[tuple[int, int]] | None,
+) -> tuple[float, list[int]]:
+    """Both public functions' arguments checked (no device sync), qkv = (q, k, v) [T, H, Dh]
+    -> (the softmax scale, by default 1/sqrt(Dh); seq_groups in the ops' flat form)."""
+    _check_inputs(*qkv, cu_seqlens, max_seqlen)
     groups = _flat_groups(seq_groups, cu_seqlens, max_seqlen)
     if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(qkv.shape[-1])
-    out, _ = varlen_attn_qkvpacked_fwd(qkv, cu_seqlens, max_seqlen, float(softmax_scale), groups)
-    return out
+        softmax_scale = 1.0 / math.sqrt(qkv[0].shape[-1])
+    return float(softmax_scale), groups
 
 
 def _check_inputs(q, k, v, cu_seqlens, max_seqlen) -> None:

@@ -38,28 +38,24 @@ MAX_PATCHES = 4096  # csrc/masking.h kMaxPatches
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("mixfast::random_masking_reference", mutates_args=())
-def _reference_op(
-    sample_ids: Tensor,
-    num_patches: int,
-    mask_ratio: float,
-    seed: int,
-    offset: int,
-    sorted_keep: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(
-        random_masking_reference(sample_ids, num_patches, mask_ratio, seed, offset, sorted_keep)
-    )
+# mixfast::random_masking_reference is the reference itself, registered: the MaskingResult it
+# returns is the schema's tuple of three tensors. The schema is written out because torch.library
+# infers none from a NamedTuple result.
+_REFERENCE_SCHEMA = (
+    "(Tensor sample_ids, SymInt num_patches, float mask_ratio, SymInt seed, SymInt offset, "
+    "bool sorted_keep) -> (Tensor, Tensor, Tensor)"
+)
+_reference_op = torch.library.custom_op(
+    "mixfast::random_masking_reference",
+    random_masking_reference,
+    mutates_args=(),
+    schema=_REFERENCE_SCHEMA,
+)
 
 
-def _fake(
-    sample_ids: Tensor,
-    num_patches: int,
-    mask_ratio: float,
-    seed: int,
-    offset: int,
-    sorted_keep: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _fake(sample_ids, num_patches, mask_ratio, seed, offset, sorted_keep) -> tuple[Tensor, ...]:
+    """The fake impl of both ops (their arguments are the schema's): sample_ids [B] ->
+    ids_keep [B, K] and ids_restore [B, N] of sample_ids' dtype, mask [B, N] float32."""
     batch = sample_ids.shape[0]
     ids_keep = sample_ids.new_empty((batch, num_kept(num_patches, mask_ratio)))
     ids_restore = sample_ids.new_empty((batch, num_patches))

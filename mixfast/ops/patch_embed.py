@@ -191,7 +191,11 @@ def _check_packed_inputs(
     full_offsets: Tensor | None,
     keep_offsets: Tensor | None,
     total_rows: int,
+    *,
+    values: bool,
 ) -> None:
+    """The packed op's view arguments; with `values`, their index values too (the op's body
+    reads them on CPU; the fake impl, whose tensors hold no data, must not)."""
     batch = images.shape[0]
     if full_offsets is None and keep_offsets is None:
         raise ValueError("give full_offsets, keep_offsets or both (the views to write)")
@@ -202,15 +206,8 @@ def _check_packed_inputs(
     for name, offsets in (("full_offsets", full_offsets), ("keep_offsets", keep_offsets)):
         if offsets is not None:
             _check_index(name, offsets, (batch,), images.device)
-
-
-def _check_packed_values(
-    pos_embed: Tensor,
-    ids_keep: Tensor | None,
-    full_offsets: Tensor | None,
-    keep_offsets: Tensor | None,
-    total_rows: int,
-) -> None:
+    if not values:
+        return
     _check_index_values("ids_keep", ids_keep, 0, pos_embed.shape[0])
     if full_offsets is not None:
         _check_index_values("full_offsets", full_offsets, -1, total_rows - pos_embed.shape[0] + 1)
@@ -257,30 +254,13 @@ def _packed_triton(
     from mixfast.kernels import patch_embed as kernels
 
     out = images.new_zeros(total_rows, weight.shape[0])
-    if full_offsets is None:  # kept view only: embed the K kept patches
-        return kernels.patch_embed_fwd(
-            images,
-            weight,
-            bias,
-            pos_embed,
-            out,
-            ids_keep.shape[1],
-            ids=ids_keep,
-            off_a=keep_offsets,
-        )
-    num_patches = pos_embed.shape[0]
-    slot = None if keep_offsets is None else _keep_slots(ids_keep, num_patches)
-    return kernels.patch_embed_fwd(
-        images,
-        weight,
-        bias,
-        pos_embed,
-        out,
-        num_patches,
-        off_a=full_offsets,
-        slot=slot,
-        off_b=keep_offsets,
-    )
+    if full_offsets is None:  # kept view only: embed just the K kept patches
+        length, views = ids_keep.shape[1], {"ids": ids_keep, "off_a": keep_offsets}
+    else:  # all N patches, each embedded once; a kept one is also stored at its kept-view row
+        length = pos_embed.shape[0]
+        slot = None if keep_offsets is None else _keep_slots(ids_keep, length)
+        views = {"off_a": full_offsets, "slot": slot, "off_b": keep_offsets}
+    return kernels.patch_embed_fwd(images, weight, bias, pos_embed, out, length, **views)
 
 
 @torch.library.custom_op("mixfast::packed_patch_embed", mutates_args=())
@@ -296,8 +276,9 @@ def _packed_patch_embed_op(
 ) -> Tensor:
     args = (images, weight, bias, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows)
     _check_patch_inputs(images, weight, bias, pos_embed, ids_keep)
-    _check_packed_inputs(images, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows)
-    _check_packed_values(pos_embed, ids_keep, full_offsets, keep_offsets, total_rows)
+    _check_packed_inputs(
+        images, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows, values=True
+    )
     if use_triton(images):
         return _packed_triton(*args)
     return _packed_reference(*args)
@@ -306,7 +287,9 @@ def _packed_patch_embed_op(
 @_packed_patch_embed_op.register_fake
 def _(images, weight, bias, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows):
     _check_patch_inputs(images, weight, bias, pos_embed, ids_keep)
-    _check_packed_inputs(images, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows)
+    _check_packed_inputs(
+        images, pos_embed, ids_keep, full_offsets, keep_offsets, total_rows, values=False
+    )
     return images.new_empty(total_rows, weight.shape[0])
 
 

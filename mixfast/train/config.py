@@ -1,6 +1,6 @@
-"""What a run is: `TrainConfig` (every setting, validated), the resolved plan derived from it
-(absolute lrs, warmup and total steps per optimizer stage, compile and amp in effect, budget),
-`TrainResult` and the trainer's errors. Pure: no data, no model, no files."""
+"""What a run is asked to do: `TrainConfig` (every training setting, validated), the optimizer
+stages, and the trainer's errors. Pure: no data, no model, no files. What a run derives from it
+and its data is the frozen `RunPlan` (plan.py)."""
 
 from __future__ import annotations
 
@@ -139,9 +139,9 @@ class TrainConfig:
             self.ssl_epochs,
             self.sl_epochs,
             self.mix_ratio,
-            self.transition,
-            self.alpha_constant,
-            self.ssl_share,
+            transition=self.transition,
+            alpha_constant=self.alpha_constant,
+            ssl_share=self.ssl_share,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,142 +157,7 @@ class TrainConfig:
         return sorted(k for k in now if k not in RESUMABLE and k in saved and saved[k] != now[k])
 
 
-def resolve_plan(
-    config: TrainConfig,
-    schedule: MixSchedule,
-    *,
-    steps: dict[str, int],
-    epoch_steps: list[int],
-    ssl_steps: int,
-    sl_steps: int,
-    world: int,
-    device: torch.device,
-    tasks: int,
-    two_stream: bool,
-) -> dict[str, Any]:
-    """What a run derives from its config and data: DIR/config.json["resolved"].
-
-    Base lrs scale by effective batch / 256 (per device x devices x accumulation); each
-    optimizer stage warms up for `warmup_epochs` (at most the whole stage)."""
-    eff = config.batch_size * world * config.accum_steps
-    pretrained = schedule.ssl_epochs > 0
-    layer_decay = config.layer_decay
-    if layer_decay is None:
-        layer_decay = 0.75 if pretrained else 1.0
-    stages = {}
-    for stage, phases in optimizer_stages(config.finetune_from).items():
-        specs = [p for p in schedule.phases if p.name in phases]
-        total = sum(n for e, n in zip(schedule.epochs(), epoch_steps) if e.phase in phases)
-        if total == 0:
-            continue
-        warmup = min(round(config.warmup_epochs * total / sum(p.epochs for p in specs)), total)
-        blr = config.ssl_blr if stage == "pretrain" else config.blr
-        stages[stage] = {
-            "lr": blr * eff / 256,
-            "warmup_steps": warmup,
-            "total_steps": total,
-            "betas": [0.9, 0.95] if stage == "pretrain" else [0.9, 0.999],
-            "layer_decay": 1.0 if stage == "pretrain" else layer_decay,
-        }
-    compile_on = config.compile is True or (config.compile == "auto" and device.type == "cuda")
-    return {
-        "world_size": world,
-        "effective_batch": eff,
-        "device": str(device),
-        "compile": compile_on,
-        "amp": bool(config.amp and device.type == "cuda"),
-        "tasks": tasks,
-        "mode": "two-stream" if two_stream else "same-images",
-        "steps_per_epoch": dict(steps),
-        "stages": stages,
-        "schedule": schedule.to_dict(),
-        "budget": schedule.budget(
-            ssl_steps=ssl_steps, sl_steps=sl_steps, batch_size=eff, tasks=tasks
-        ),
-    }
-
-
-def check_resumable(config: TrainConfig, steps: dict[str, int], state: dict[str, Any]) -> None:
-    """A checkpoint's run may continue under `config` with data of `steps` per epoch."""
-    changed = config.changed_on_resume(state["config"])
-    if changed:
-        diff = ", ".join(f"{k}: {state['config'][k]!r} -> {getattr(config, k)!r}" for k in changed)
-        raise ValueError(f"resume: the run was started with other settings ({diff})")
-    saved_steps = state["resolved"].get("steps_per_epoch")
-    if saved_steps != steps:
-        raise ValueError(
-            f"resume: the data differ from the run's: steps per epoch {saved_steps} in the "
-            f"checkpoint, {steps} now (another dataset, label fraction, validation "
-            "split, SSL pool or batch size, or a checkpoint of an older mixfast); resume with "
-            "the run's settings or start a new run"
-        )
-
-
 def stage_of(phase: str, finetune_from: str = "mix") -> str:
     return next(
         stage for stage, phases in optimizer_stages(finetune_from).items() if phase in phases
     )
-
-
-@dataclass
-class TrainResult:
-    top1: float | None  # validation top-1 of task 0 in [0, 1] after the last epoch
-    top1_tasks: list[float | None]
-    test_top1: float | None  # test top-1 of task 0, read once after the last epoch
-    test_top1_tasks: list[float | None]
-    wall_s: float  # total, evaluation included
-    train_wall_s: float  # training only (the sum of phase_wall_s)
-    phase_wall_s: dict[str, float]  # training seconds per phase
-    eval_wall_s: float
-    flops: int  # model FLOPs of the run's training steps (forward + backward), all ranks
-    step_flops: dict[str, float]  # per optimizer step of each phase (mix: maybe a mean)
-    sample_passes: dict[str, int]  # {"ssl": .., "sl": ..}: samples each objective saw
-    budget: dict[str, Any]  # MixSchedule.budget of the whole plan
-    epochs: list[dict[str, Any]]  # the rows of metrics.jsonl
-    global_step: int
-    skipped_steps: int
-    completed: bool  # False when stopped early (stop_after, a signal)
-    resolved: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def collect(
-        cls,
-        totals: dict[str, Any],
-        rows: list[dict[str, Any]],
-        resolved: dict[str, Any],
-        *,
-        global_step: int,
-        completed: bool,
-        tasks: int,
-        tests: int,
-    ) -> TrainResult:
-        """The result of a run from the trainer's totals and metrics rows."""
-        last = next((r for r in reversed(rows) if r["val_top1"] is not None), None)
-        top1 = last["val_top1_tasks"] if last else [None] * tasks
-        test = totals.get("test_top1") or [None] * tests
-        step_flops = dict(totals.get("step_flops", {}))
-        steps = {phase: 0 for phase in step_flops}
-        for row in rows:
-            steps[row["phase"]] = steps.get(row["phase"], 0) + row["steps"]
-        return cls(
-            top1=top1[0] if top1 else None,
-            top1_tasks=top1,
-            test_top1=test[0] if test else None,
-            test_top1_tasks=test,
-            wall_s=totals["wall_s"],
-            train_wall_s=sum(totals["phase_wall_s"].values()),
-            phase_wall_s=dict(totals["phase_wall_s"]),
-            eval_wall_s=totals["eval_wall_s"],
-            flops=round(sum(step_flops.get(phase, 0) * n for phase, n in steps.items())),
-            step_flops=step_flops,
-            sample_passes=dict(totals["sample_passes"]),
-            budget=resolved["budget"],
-            epochs=list(rows),
-            global_step=global_step,
-            skipped_steps=totals["skipped_steps"],
-            completed=completed,
-            resolved=resolved,
-        )

@@ -16,8 +16,8 @@ phase never accumulates into a graph's buffers.
 
 Used only where it can work: CUDA, one micro-batch per step (no accumulation), one process
 (DDP's reducer is not captured here), `nonfinite="stop"` (skipping a step reads the gradient
-norm on the host) and masks made outside the model. Elsewhere `cuda_graph_blockers` says why
-and the trainer steps eagerly. Batches have fixed shapes: streams drop the last partial batch.
+norm on the host); the masks are made outside the graph, as the trainer always makes them.
+Elsewhere `cuda_graph_blockers` says why and the trainer steps eagerly. Batches have fixed shapes: streams drop the last partial batch.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ Step = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def cuda_graph_blockers(
-    device: torch.device, *, accum_steps: int, world: int, nonfinite: str, masks_outside: bool
+    device: torch.device, *, accum_steps: int, world: int, nonfinite: str
 ) -> list[str]:
     """Why a run cannot capture its steps (empty: it can)."""
     reasons = []
@@ -46,12 +46,10 @@ def cuda_graph_blockers(
         reasons.append(f"{world} processes (DDP's gradient reducer is not captured)")
     if nonfinite != "stop":
         reasons.append(f'nonfinite "{nonfinite}" (a skipped step reads the norm on the host)')
-    if not masks_outside:
-        reasons.append("the model makes its masks inside its forward (no masking= argument)")
     return reasons
 
 
-def make_step_graphs(config, device: torch.device, world: int, masks_outside: bool):
+def make_step_graphs(config, device: torch.device, world: int):
     """StepGraphs when `config.cuda_graph` asks for them and the run can capture its steps;
     otherwise None, with one warning saying why when they were asked for."""
     if not config.cuda_graph:
@@ -61,7 +59,6 @@ def make_step_graphs(config, device: torch.device, world: int, masks_outside: bo
         accum_steps=config.accum_steps,
         world=world,
         nonfinite=config.nonfinite,
-        masks_outside=masks_outside,
     )
     if blockers:
         warnings.warn(f"cuda_graph: stepping eagerly: {'; '.join(blockers)}", stacklevel=3)

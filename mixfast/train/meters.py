@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from mixfast.schedule import MixSchedule
 from mixfast.train.config import NonFiniteLossError
 from mixfast.train.distributed import Dist
 
@@ -66,27 +65,6 @@ class Meters:
         if step_done:
             s["step"] += 1
 
-    def add_epoch_to(
-        self,
-        totals: dict[str, Any],
-        phase: str,
-        eval_s: float,
-        per: int,
-        tasks: int,
-        ssl_samples: int | None = None,
-    ) -> tuple[int, int]:
-        """Add this epoch's wall times and sample passes to the run's `totals`; returns the
-        (SSL, SL) samples it passed (`per` samples per objective per micro-batch, `tasks`
-        labeled streams; `ssl_samples`: the epoch's SSL samples when sub-batches are smaller)."""
-        ssl_n = 0 if phase == "sl" else self.micro * per if ssl_samples is None else ssl_samples
-        sl_n = self.micro * per * tasks if phase != "ssl" else 0
-        totals["phase_wall_s"][phase] += self.train_s
-        totals["eval_wall_s"] += eval_s
-        totals["wall_s"] += self.train_s + eval_s
-        totals["sample_passes"]["ssl"] += ssl_n
-        totals["sample_passes"]["sl"] += sl_n
-        return ssl_n, sl_n
-
     def first_nonfinite(self) -> tuple[int, float] | None:
         """(step, loss) of the first non-finite loss on any rank (step -1: another rank's)."""
         flag = self.dist.all_max(self.sums["bad"].to(torch.int32))
@@ -124,8 +102,9 @@ class Meters:
                 "the run is diverging; lower the learning rate or clip gradients"
             )
 
-    def show(self, bar, clock: float, images_per_micro: int) -> None:
-        """Mean losses and images/s on the progress bar (a host sync; skipped when hidden)."""
+    def show(self, bar, clock: float, images: int) -> None:
+        """Mean losses and images/s (`images`: sample passes of the epoch so far) on the
+        progress bar (a host sync; skipped when hidden)."""
         if bar is None or bar.disable:
             return
         means = self.local_means()
@@ -134,7 +113,7 @@ class Meters:
             loss=f"{means['loss']:.4f}",
             ssl=f"{means['ssl']:.4f}",
             sl=f"{means['sl']:.4f}",
-            img_s=f"{self.micro * images_per_micro / max(seconds, 1e-9):.0f}",
+            img_s=f"{images / max(seconds, 1e-9):.0f}",
         )
 
     def local_means(self) -> dict[str, float]:
@@ -147,14 +126,20 @@ class Meters:
         losses = self.dist.all_sum(torch.stack([self.sums[name] for name in LOSSES]))
         return (losses / max(self.micro * self.dist.world, 1)).tolist()
 
-    def state_dict(self) -> dict[str, Any] | None:
-        if not self.sums:
-            return None
-        state = {name: self.sums[name].cpu() for name in (*LOSSES, "bad_loss")}
-        return {**state, "micro": self.micro, "train_s": self.train_s}
+    def end_epoch(self) -> None:
+        """The epoch is over: nothing is in progress (a checkpoint now holds no epoch_state)."""
+        self.sums = {}
 
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        self._pending = state
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint key "epoch_state": the sums of the epoch in progress (None between
+        epochs)."""
+        if not self.sums:
+            return {"epoch_state": None}
+        state = {name: self.sums[name].cpu() for name in (*LOSSES, "bad_loss")}
+        return {"epoch_state": {**state, "micro": self.micro, "train_s": self.train_s}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state["epoch_state"]
 
 
 def progress_bar(enabled: bool, total: int, desc: str):
@@ -175,18 +160,9 @@ class Position:
     finished: bool = False
 
     def state_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Checkpoint key "position"."""
+        return {"position": dataclasses.asdict(self)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
+        for name, value in state["position"].items():
             setattr(self, name, value)
-
-
-def fresh_totals(schedule: MixSchedule) -> dict[str, Any]:
-    return {
-        "phase_wall_s": {p.name: 0.0 for p in schedule.phases},
-        "eval_wall_s": 0.0,
-        "wall_s": 0.0,
-        "sample_passes": {"ssl": 0, "sl": 0},
-        "skipped_steps": 0,
-    }

@@ -38,10 +38,6 @@ class MixSteps:
         takes the whole batch (ssl_share 1)."""
         return self._rows(self.index(at), self.index(at) + 1)
 
-    def epoch_ssl_rows(self, at: Position) -> int | None:
-        """SSL rows per device and micro-batch of the current mix epoch's steps so far."""
-        return self._rows(self.index(at, 0), self.index(at))
-
     def _rows(self, first: int, stop: int) -> int | None:
         if self.schedule.ssl_share == 1.0:
             return None

@@ -2,14 +2,14 @@
 cross-entropy, mix steps `forward_mixed` with a(t) as a 0-dim device tensor.
 
 A batch is {"ssl": images} and/or {"sl": [(images, labels)] per task}, augmented on the device.
-The MAE masks of a micro-batch are computed outside any compiled region (`random_masking` keyed
-by the seed and the micro-batch's index in the global order) and passed as `masking=`, so a new
-step never recompiles.
+The model meets the trainer through the `mixfast.model.MixModel` protocol. The MAE masks of a
+micro-batch are always made here, outside any compiled region (`random_masking` keyed by the
+seed and the micro-batch's index in the global order), and passed as `masking=`, so a new step
+never recompiles.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from mixfast.ops import random_masking
+from mixfast.model import MixModel
+from mixfast.ops import MaskingResult, random_masking
 from mixfast.ops.cast_once import cast_once
 from mixfast.train.config import TrainConfig
 from mixfast.train.streams import Stream
@@ -79,37 +80,21 @@ def weight_cast(amp: bool, distributed: bool) -> torch.dtype | None:
     return torch.bfloat16 if amp and not distributed else None
 
 
-def mixed_extra_kwargs(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
-    """label_smoothing for forward_mixed, when the model's forward_mixed takes it."""
-    params = inspect.signature(model.forward_mixed).parameters
-    return {"label_smoothing": config.label_smoothing} if "label_smoothing" in params else {}
-
-
-def takes_precomputed_masks(model: nn.Module) -> bool:
-    return hasattr(model, "num_patches") and all(
-        "masking" in inspect.signature(f).parameters
-        for f in (model.forward_ssl, model.forward_mixed)
-    )
-
-
-def make_loss(phase: str, cfg: TrainConfig, tasks: int, mixed_kwargs: dict[str, Any]) -> LossFn:
-    """The loss of one micro-batch: fn(net, batch, alpha, mask) -> (loss, parts).
-
-    `mask` is the precomputed MaskingResult or, for models without `masking=`, the int masking
-    offset.
-    """
+def make_loss(phase: str, cfg: TrainConfig, tasks: int) -> LossFn:
+    """The loss of one micro-batch: fn(net, batch, alpha, masking) -> (loss, parts), on a
+    model that implements mixfast.model.MixModel. `masking`: the micro-batch's MAE masks
+    (phase_masks), made outside any compiled region so a new step never recompiles; None for
+    an SL step."""
     weights = cfg.task_weights or [1.0 / tasks] * tasks
 
-    def masking(mask) -> dict[str, Any]:
-        if isinstance(mask, int):
-            return {"mask_ratio": cfg.mask_ratio, "seed": cfg.seed, "offset": mask}
-        return {"mask_ratio": cfg.mask_ratio, "masking": mask}
+    def masking_kwargs(masking) -> dict[str, Any]:
+        return {"mask_ratio": cfg.mask_ratio, "masking": masking}
 
-    def ssl_loss(net, batch, alpha, mask):
-        loss = net("ssl", batch["ssl"], **masking(mask))
+    def ssl_loss(net, batch, alpha, masking):
+        loss = net("ssl", batch["ssl"], **masking_kwargs(masking))
         return loss, {"ssl": loss}
 
-    def sl_loss(net, batch, alpha, mask):
+    def sl_loss(net, batch, alpha, masking):
         loss = 0.0
         for k, (images, labels) in enumerate(batch["sl"]):
             logits = net("sl", images, task=k) if tasks > 1 else net("sl", images)
@@ -117,7 +102,7 @@ def make_loss(phase: str, cfg: TrainConfig, tasks: int, mixed_kwargs: dict[str, 
             loss = loss + weights[k] * ce
         return loss, {"sl": loss}
 
-    def mix_loss(net, batch, alpha, mask):
+    def mix_loss(net, batch, alpha, masking):
         sl = batch["sl"]
         images = sl[0][0] if tasks == 1 else [x for x, _ in sl]
         labels = sl[0][1] if tasks == 1 else [y for _, y in sl]
@@ -129,8 +114,8 @@ def make_loss(phase: str, cfg: TrainConfig, tasks: int, mixed_kwargs: dict[str, 
             alpha=alpha,
             sl_view=cfg.sl_view,
             task_weights=cfg.task_weights,
-            **masking(mask),
-            **mixed_kwargs,
+            label_smoothing=cfg.label_smoothing,
+            **masking_kwargs(masking),
         )
 
     return {"ssl": ssl_loss, "sl": sl_loss, "mix": mix_loss}[phase]
@@ -151,6 +136,26 @@ class PhaseBatches:
     @property
     def streams(self) -> list[Stream]:
         return [s for s in (self.ssl_stream, *self.sl_streams) if s is not None]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint keys "streams" (each stream's place in the data order) and
+        "augment_rng" (the on-device augmentation's generator, None without one)."""
+        generator = self._augment_generator()
+        return {
+            "streams": {s.name: s.state_dict() for s in self.streams},
+            "augment_rng": None if generator is None else generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for s in self.streams:
+            s.load_state_dict(state["streams"][s.name])
+        generator = self._augment_generator()
+        if generator is not None and state["augment_rng"] is not None:
+            generator.set_state(state["augment_rng"])
+
+    def _augment_generator(self) -> torch.Generator | None:
+        generator = getattr(self.augment, "generator", None)
+        return generator if isinstance(generator, torch.Generator) else None
 
     @property
     def storage(self) -> str:
@@ -210,11 +215,11 @@ class PhaseBatches:
 
 
 def phase_masks(
-    model: nn.Module, cfg: TrainConfig, phase: str, batch: dict[str, Any], offset: int
-) -> Any:
-    """The MAE masks of one micro-batch at global micro-batch index `offset`."""
+    model: MixModel, cfg: TrainConfig, phase: str, batch: dict[str, Any], offset: int
+) -> MaskingResult | None:
+    """The MAE masks of one micro-batch at global micro-batch index `offset` (None for SL)."""
     if phase == "sl":
-        return offset
+        return None
     ssl = batch["ssl"]
     rows = ssl.shape[0]
     if phase == "mix" and cfg.sl_view == "masked":  # SL images with their own masks

@@ -42,5 +42,5 @@ done
 run layer-decay1.0 ssl+sl data-limited control-sslsl-layer-decay1.0-dl 0.05 0.1 0.25
 run layer-decay1.0 mix semi-supervised layer-decay1.0-semi 0.05 0.1 0.25
 run layer-decay1.0 mix data-limited layer-decay1.0-dl-f1 1.0  # the best arm's fourth fraction
-python benchmarks/results/fashion-mnist-rho-cpu-2026-12-02/summarize.py "$HERE" \
+python benchmarks/studies/fashion-mnist-rho-cpu-2026-12-02/summarize.py "$HERE" \
     "a(t) constant, layer decay 1.0, fine-tune optimizer from the SL phase" > "$HERE/levers.md"

@@ -9,5 +9,6 @@ OUT=${OUT:-runs/full-sl-2026-12-01}
 python -m mixfast train --pipeline sl --dataset fashion-mnist --sl-epochs 40 --warmup-epochs 4 \
     --batch-size 64 --blr 1e-2 --patch-size 7 --depth 3 --embed-dim 64 --num-heads 2 \
     --device cpu --no-progress --out "$OUT" "$@"
+mkdir -p benchmarks/results/fashion-mnist-full-sl-cpu-2026-12-01
 cp "$OUT/result.json" "$OUT/config.json" "$OUT/metrics.jsonl" "$OUT/data.json" \
     benchmarks/results/fashion-mnist-full-sl-cpu-2026-12-01/

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the repository root
 uptime
 OUT=runs/full-sl-augment-idle-2026-12-02
 OMP_NUM_THREADS=2 /usr/bin/time -v python -m mixfast train --pipeline sl --dataset fashion-mnist \

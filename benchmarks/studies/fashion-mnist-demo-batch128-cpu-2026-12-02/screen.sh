@@ -3,15 +3,15 @@
 # 11,000-image subset, 1,100 validation, ViT 3 x 64 patch 7, 8 SL epochs, batch 64, blr 1e-2),
 # seeds 0 and 1, one change at a time. The 85 % test target needs more passes than the old demo
 # held, so the screen looks for the cheapest way to buy them on 2 CPU cores.
-# Run from the repository root: bash benchmarks/results/fashion-mnist-demo-batch128-cpu-2026-12-02/screen.sh
+# Run from the repository root: bash benchmarks/studies/fashion-mnist-demo-batch128-cpu-2026-12-02/screen.sh
 # (screen_cli.py is `python -m mixfast` with one optional patch: MIXFAST_SCREEN=gap classifies
 # from the mean of the patch tokens instead of the cls token.)
-HERE=benchmarks/results/fashion-mnist-demo-batch128-cpu-2026-12-02
+STUDY=benchmarks/studies/fashion-mnist-demo-batch128-cpu-2026-12-02  # this script's folder
 OUT=${OUT:-runs/demo-batch128}
 run() {
   name=$1; shift
   [ -f $OUT/$name/compare.json ] && return
-  /usr/bin/time -f "%e s" python $HERE/screen_cli.py compare --dataset fashion-mnist \
+  /usr/bin/time -f "%e s" python $STUDY/screen_cli.py compare --dataset fashion-mnist \
     --train-limit 11000 --ssl-epochs 4 --sl-epochs 8 --batch-size 64 \
     --pipelines sl --fractions 1.0 --seeds 0 1 --no-warmup --no-progress --out $OUT/$name "$@" \
     > $OUT/$name.log 2>&1

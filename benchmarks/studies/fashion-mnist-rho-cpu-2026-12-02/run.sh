@@ -22,4 +22,4 @@ python -m mixfast compare "${common[@]}" --regimes semi-supervised --fractions 0
 for arm in rho1-data-limited rho0.9-semi-supervised; do
     mkdir -p "$HERE/$arm" && cp "$OUT/$arm/compare.json" "$OUT/$arm/compare.png" "$HERE/$arm/"
 done
-python "$HERE/summarize.py" "$HERE" > "$HERE/rho.md"
+python benchmarks/studies/fashion-mnist-rho-cpu-2026-12-02/summarize.py "$HERE" > "$HERE/rho.md"

@@ -28,5 +28,5 @@ run 0.5 data-limited ssl-share0.5-dl 0.05 0.1 0.25
 run 0.5 semi-supervised ssl-share0.5-semi 0.05 0.1 0.25
 run 0.25 data-limited ssl-share0.25-dl 0.05 0.1 0.25
 run 0.5 data-limited ssl-share0.5-dl-f1 1.0
-python benchmarks/results/fashion-mnist-rho-cpu-2026-12-02/summarize.py "$HERE" \
+python benchmarks/studies/fashion-mnist-rho-cpu-2026-12-02/summarize.py "$HERE" \
     "the SSL share of a mix step's batch" > "$HERE/ssl-share.md"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Screen of SL at 100 % labels on the demo's data (compare's defaults: an 11,000-image subset,
 # 1,100 validation, 8 SL epochs), seeds 0 and 1, one setting changed at a time.
-# Run from the repository root: bash benchmarks/results/fashion-mnist-demo-recipe-cpu-2026-12-02/screen.sh
+# Run from the repository root: bash benchmarks/studies/fashion-mnist-demo-recipe-cpu-2026-12-02/screen.sh
 OUT=${OUT:-runs/demo-recipe}
 run() {  # name, then the flags that differ from compare's defaults
   name=$1; shift

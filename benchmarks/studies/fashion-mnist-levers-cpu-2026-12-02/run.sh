@@ -27,7 +27,7 @@ arm base ssl+sl mix --
 arm masked-view mix -- --sl-view masked
 arm rho-1 mix -- --mix-ratio 1.0
 arm cosine mix -- --transition cosine
-python benchmarks/results/fashion-mnist-levers-cpu-2026-12-02/summarize.py "$OUT" \
+python benchmarks/studies/fashion-mnist-levers-cpu-2026-12-02/summarize.py "$OUT" \
     > benchmarks/results/fashion-mnist-levers-cpu-2026-12-02/levers.md
 for d in "$OUT"/*/; do
     mkdir -p "benchmarks/results/fashion-mnist-levers-cpu-2026-12-02/$(basename "$d")"
