@@ -173,7 +173,8 @@ def main() -> None:
         ],
         extras_require={
             "hf": ["datasets"],  # hfds/ sources
-            "test": ["pytest", "pytest-benchmark", "ruff", "datasets"],
+            "tensorboard": ["tensorboard"],  # train --tensorboard
+            "test": ["pytest", "pytest-benchmark", "ruff", "datasets", "tensorboard"],
         },
         entry_points={"console_scripts": ["mixfast=mixfast.cli:main"]},
         zip_safe=False,

@@ -45,7 +45,6 @@ import json
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +123,14 @@ class RunFolder:
     """The folder of one run, owned by whoever starts the run: checked when made (see
     check_run_folder), claimed once (`claim`: created, marked, locked) before the first file is
     written, and released once (`release`, or leaving a `with` block). `checkpoint()` loads
-    last.pt once for everyone who reads it."""
+    last.pt once for everyone who reads it. `resume="auto"` resumes when last.pt exists and
+    starts the run otherwise (what a torchrun restart needs: the same command line)."""
 
-    def __init__(self, out: str | os.PathLike, resume: bool) -> None:
+    def __init__(self, out: str | os.PathLike, resume: bool | str) -> None:
+        if resume == "auto":  # the same command line starts a run and continues it
+            resume = (Path(out) / "last.pt").is_file()
         self.path = check_run_folder(out, resume)
-        self.resume = resume
+        self.resume: bool = resume
         self._checkpoint: dict[str, Any] | None = None
 
     def claim(self) -> RunFolder:
@@ -167,10 +169,12 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 def write_atomic(path: str | os.PathLike, write: Any, *, binary: bool = False) -> Path:
     """The one writer of every run-folder file: `write(handle)` fills a temp file created with
     a unique name in the same folder (O_EXCL: never a file or link already there), then
-    os.replace puts it at `path`, so a reader or a kill never sees half a file."""
+    os.replace puts it at `path`, so a reader or a kill never sees half a file. The temp file
+    is created with mode 0o666 and the kernel applies the umask (and a folder's default ACL),
+    as for a plain open(): no umask is read or changed, so threads cannot race on it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as handle:
             write(handle)
@@ -181,6 +185,20 @@ def write_atomic(path: str | os.PathLike, write: Any, *, binary: bool = False) -
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new `.NAME.<random>.tmp` beside `path`, opened O_CREAT | O_EXCL with
+    mode 0o666 (tempfile.mkstemp's fixed 0o600 would survive the rename)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no unused temporary name for {path.name}")
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -150,6 +150,7 @@ def warm_up(cmp: CompareConfig, spec: RunSpec, splits: Any) -> None:
             spec.train, pipeline=pipeline, ssl_epochs=ssl_epochs, sl_epochs=1, mix_ratio=1.0
         )
         config = dataclasses.replace(config, out=None, progress=False, resume=False)
+        config = experiment.with_weights(config, spec.model)
         model = experiment.build_model(spec, data)
         train(config, model, None, tiny, None)
 
@@ -196,17 +197,16 @@ def run_all(
             print(f"{label}: {data.summary()}", file=sys.stderr)
             if cmp.force and holds_run(run_dir):
                 shutil.rmtree(run_dir)  # --force: this run starts over
-            result = _train_cell(run, data)
-            write_json(run_dir / "data.json", experiment.data_record(run, data))
+            result, model = _train_cell(run, data)
+            write_json(run_dir / "data.json", experiment.data_record(run, data, model))
         else:
             print(f"{label}: reusing {run_dir / 'result.json'}", file=sys.stderr)
         runs.append(run_record(cell, result, run_dir))
         write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs})
     from mixfast.report import summarize
 
-    write_json(
-        report_path, {"protocol": PROTOCOL, **settings, "runs": runs, "summary": summarize(runs)}
-    )
+    summary = summarize(runs, {"protocol": PROTOCOL, **settings})
+    write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs, "summary": summary})
     return runs
 
 
@@ -227,12 +227,14 @@ def stale_runs(cmp: CompareConfig, spec: RunSpec) -> list[str]:
     return stale
 
 
-def _train_cell(run: RunSpec, data) -> dict:
+def _train_cell(run: RunSpec, data) -> tuple[dict, Any]:
+    """(the result, the model) of one run of the grid."""
     config = experiment.with_augment(run.train, data, run.data)
+    config = experiment.with_weights(config, run.model)
     model = experiment.build_model(run, data)
     ssl_data, sl_data, val_data, test_data = data.fit_inputs()
     result = train(config, model, ssl_data, sl_data, val_data, test_data=test_data)
-    return result.to_dict()
+    return result.to_dict(), model
 
 
 def run_record(cell: Cell, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -158,22 +158,60 @@ def model_kwargs(settings: ModelConfig, data: TrainingData) -> dict[str, Any]:
 
 
 def build_model(spec: RunSpec, data: TrainingData) -> nn.Module:
+    """The run's model; with {pretrained} / {pretrained_path} its weights loaded and adapted
+    (SettingError when they do not fit), what was done in `model.pretrained_notes`."""
     from mixfast.model import create_model
 
     torch.manual_seed(spec.train.seed)  # every pipeline of one seed starts from the same weights
-    return create_model(spec.model.model, **model_kwargs(spec.model, data))
+    settings = spec.model
+    weights = {"pretrained": True} if settings.pretrained else {}
+    if settings.pretrained_path is not None:
+        weights = {"pretrained_path": settings.pretrained_path}
+    # the fresh layers are drawn first, from the seed, then the weights load
+    return create_model(settings.model, **model_kwargs(settings, data), **weights)
+
+
+def from_weights(settings: ModelConfig) -> bool:
+    """The model starts from pretrained weights: it counts as pre-trained."""
+    return bool(settings.pretrained or settings.pretrained_path is not None)
+
+
+def with_weights(config: TrainConfig, settings: ModelConfig) -> TrainConfig:
+    """Hand the trainer `pretrained_weights` when the model starts from weights: the run counts
+    as pre-trained (the fine-tune layer decay defaults to 0.75, as after pre-training)."""
+    if config.pretrained_weights == from_weights(settings):
+        return config
+    return dataclasses.replace(config, pretrained_weights=from_weights(settings))
+
+
+def weights_record(spec: RunSpec, model: nn.Module | None) -> dict[str, Any]:
+    """What DIR/data.json says of the weights the model started from: the settings and, from
+    the built `model`, the loader's notes and the reconstruction target (norm_pix_loss)."""
+    settings = spec.model
+    record: dict[str, Any] = {
+        "pretrained": settings.pretrained,
+        "pretrained_path": settings.pretrained_path,
+        "pretrained_notes": list(getattr(model, "pretrained_notes", [])),
+    }
+    if model is not None and from_weights(settings):
+        record["norm_pix_loss"] = bool(model.norm_pix_loss)
+    return record
 
 
 # ---------------------------------------------------------------------------------- records
 
 
-def data_record(spec: RunSpec, data: TrainingData) -> dict[str, Any]:
-    """DIR/data.json: the data and model settings of a run and what they gave."""
+def data_record(
+    spec: RunSpec, data: TrainingData, model: nn.Module | None = None
+) -> dict[str, Any]:
+    """DIR/data.json: the data and model settings of a run and what they gave (with the built
+    `model`, what its pretrained weights loaded)."""
     return {
         **spec.data.record(),
         "storage": data.storage,
         "skipped_bad": len(data.skipped),
         "skipped_files": list(data.skipped[:SKIPPED_LISTED]),
+        "skipped_entries": data.left_out.record(SKIPPED_LISTED),  # hidden, not images, ...
         "labeled": len(data.sl_data),
         "validation": 0 if data.val_data is None else len(data.val_data),
         "test": len(data.test_data),
@@ -185,6 +223,7 @@ def data_record(spec: RunSpec, data: TrainingData) -> dict[str, Any]:
         "image_shape": list(data.image_shape),
         "model": spec.model.model,
         "model_kwargs": model_kwargs(spec.model, data),
+        **weights_record(spec, model),
     }
 
 
@@ -193,7 +232,13 @@ def record_differences(spec: RunSpec, saved: dict[str, Any] | None) -> list[tupl
     DIR/data.json (the settings the trainer's checkpoint does not hold)."""
     if saved is None:
         return []
-    now = {**spec.data.record(), "model": spec.model.model}
+    model = spec.model  # the weights it starts from set norm_pix_loss, which last.pt lacks
+    now = {
+        **spec.data.record(),
+        "model": model.model,
+        "pretrained": model.pretrained,
+        "pretrained_path": model.pretrained_path,
+    }
     diffs = [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
     kwargs = saved.get("model_kwargs", {})
     for name in ("patch_size", *MODEL_OVERRIDES):
@@ -234,10 +279,13 @@ __all__ = [
     "check_data_fits",
     "check_data_record",
     "data_record",
+    "from_weights",
     "load_data",
     "model_kwargs",
     "open_source",
     "prepare_data",
     "setting_differences",
+    "weights_record",
     "with_augment",
+    "with_weights",
 ]

@@ -1,7 +1,8 @@
 """What `mixfast compare` concludes: per regime, label fraction and budget, each pipeline's
 top-1 with its 95 % confidence interval, the paired difference mix - ssl+sl over seeds with its
-interval (t and bootstrap), the cost ratios (FLOPs, training time) and a verdict; the table;
-the accuracy-against-cost frontiers of compare.png."""
+95 % t interval (and a bootstrap from 5 seeds up), the cost ratios (FLOPs, training time) and a
+verdict whose accuracy and cost parts stay visible; the table; the accuracy-against-cost
+frontiers of compare.png."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mixfast.schedule import PIPELINES
-from mixfast.stats import paired_diff, t_quantile_975, verdict
+from mixfast.stats import COST_MARGIN, paired_diff, t_quantile_975, verdict
 
 Run = dict[str, Any]
 
@@ -44,8 +45,10 @@ def _pipeline_stats(runs: list[Run]) -> dict[str, Any]:
     return stats
 
 
-def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One row per (regime, fraction, budget): per-pipeline stats and mix vs ssl+sl."""
+def summarize(runs: Sequence[Run], settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per (regime, fraction, budget): per-pipeline stats and mix vs ssl+sl. `settings`
+    (compare.json's, or compare's before it is written) say whether wall time may stand for the
+    cost where FLOPs are missing (see cost_basis); without them it may not."""
     rows = []
     for key in sorted({_group_key(r) for r in runs}, key=lambda k: (k[0], k[1], k[2] or 0)):
         regime, fraction, budget = key
@@ -56,28 +59,67 @@ def summarize(runs: Sequence[Run]) -> list[dict[str, Any]]:
             if mine:
                 row[pipeline] = _pipeline_stats(mine)
         if "mix" in row and "ssl+sl" in row:
-            row.update(_mix_vs_ssl_sl(chosen))
+            row.update(_mix_vs_ssl_sl(chosen, settings))
         rows.append(row)
     return rows
 
 
-def _mix_vs_ssl_sl(runs: list[Run]) -> dict[str, Any]:
+def on_cuda(settings: dict[str, Any] | None) -> bool:
+    """Whether the settings' "device" names a CUDA device. compare writes "cpu (N cores)" on a
+    CPU and torch.cuda.get_device_name() (e.g. "NVIDIA H100 80GB HBM3") on CUDA; "cuda:0"
+    counts too. Missing, empty, cpu, mps, xpu and auto do not."""
+    device = str((settings or {}).get("device") or "").strip().lower()
+    return bool(device) and not device.startswith(("cpu", "mps", "xpu", "auto", "meta"))
+
+
+def order_rotated(settings: dict[str, Any] | None) -> bool:
+    """Whether mix and ssl+sl ran in one compare grid, whose pipeline order rotates per seed:
+    the settings' "pipelines" hold both, and the protocol text, where the settings carry one
+    (compare.json does), says the order rotates (the 2026-11-25 files, made before, do not)."""
+    settings = settings or {}
+    pipelines = settings.get("pipelines") or []
+    protocol = settings.get("protocol")
+    said = protocol is None or "rotates" in str(protocol)
+    return "mix" in pipelines and "ssl+sl" in pipelines and said
+
+
+def cost_basis(
+    mix: Sequence[Run], base: Sequence[Run], settings: dict[str, Any] | None
+) -> tuple[str | None, float | None]:
+    """(measure, ratio mix / ssl+sl) the verdict weighs: FLOPs when every run has them; wall
+    time only on a CUDA device with the pipeline order rotated (on a shared CPU it is not
+    evidence); otherwise (None, None): the cost is not measured, never a silent fallback."""
+    if all("flops" in r for r in [*mix, *base]):
+        return "FLOPs", _ratio(mix, base, "flops")
+    if on_cuda(settings) and order_rotated(settings):
+        return "wall time", _ratio(mix, base, "wall_s")
+    return None, None
+
+
+def _ratio(mix: Sequence[Run], base: Sequence[Run], key: str) -> float:
+    return statistics.fmean(r[key] for r in mix) / max(statistics.fmean(r[key] for r in base), 1e-9)
+
+
+def _mix_vs_ssl_sl(runs: list[Run], settings: dict[str, Any] | None) -> dict[str, Any]:
     by_seed = {p: {r["seed"]: r for r in runs if r["pipeline"] == p} for p in ("mix", "ssl+sl")}
     seeds = sorted(set(by_seed["mix"]) & set(by_seed["ssl+sl"]))
     mix = [by_seed["mix"][s] for s in seeds]
     base = [by_seed["ssl+sl"][s] for s in seeds]
     diff = paired_diff([100 * r["top1"] for r in mix], [100 * r["top1"] for r in base])
-    wall_ratio = statistics.fmean(r["wall_s"] for r in mix) / max(
-        statistics.fmean(r["wall_s"] for r in base), 1e-9
-    )
-    out: dict[str, Any] = {"diff": diff.to_dict(), "wall_ratio": wall_ratio}
+    out: dict[str, Any] = {"diff": diff.to_dict(), "wall_ratio": _ratio(mix, base, "wall_s")}
     if all("flops" in r for r in mix + base):
-        out["flops_ratio"] = statistics.fmean(r["flops"] for r in mix) / max(
-            statistics.fmean(r["flops"] for r in base), 1
-        )
+        out["flops_ratio"] = _ratio(mix, base, "flops")
         out["passes_equal"] = all(m.get("passes") == b.get("passes") for m, b in zip(mix, base))
-    cost = out.get("flops_ratio", wall_ratio)  # FLOPs when known: not load-dependent
-    out["verdict"] = verdict(diff, cost)
+    measure, ratio = cost_basis(mix, base, settings)
+    found = verdict(diff, ratio, measure)
+    out.update(
+        verdict=found.word,  # a string, as before; its parts beside it
+        accuracy=found.accuracy,
+        cost=found.cost,
+        cost_measure=found.cost_measure,
+        cost_ratio=found.cost_ratio,
+        cost_margin=found.margin,
+    )
     return out
 
 
@@ -95,13 +137,22 @@ def _mean_text(mean: float, half_width: float, n: int) -> str:
     return f"{100 * mean:.2f} ± {100 * half_width:.2f}" if n > 1 else f"{100 * mean:.2f}"
 
 
-def format_table(runs: Sequence[Run]) -> str:
+def _cost_cell(row: dict[str, Any]) -> str:
+    measure = row.get("cost_measure")
+    return f"{row['cost']} ({measure})" if measure else row["cost"]
+
+
+def format_table(runs: Sequence[Run], settings: dict[str, Any] | None = None) -> str:
     present = [p for p in PIPELINES if any(r["pipeline"] == p for r in runs)]
-    summary = summarize(runs)
+    summary = summarize(runs, settings)
     budgets = any(row["budget"] is not None for row in summary)
+    sizes = {row["diff"]["n"] for row in summary if "diff" in row}
     header = ["regime", "fraction"] + (["budget"] if budgets else [])
     header += [f"{p} test %" for p in present]
-    header += ["Δ mix-ssl+sl (95% CI)", "verdict", "FLOPs ratio", "time ratio", "passes ssl/sl"]
+    shared_n = len(sizes) == 1
+    delta = f"Δ mix-ssl+sl (95% t, n={sizes.pop()})" if shared_n else "Δ mix-ssl+sl (95% t)"
+    header += [delta, "verdict", f"cost (±{COST_MARGIN:.0%} equal)", "FLOPs ratio", "time ratio"]
+    header += ["passes ssl/sl"]
     lines = []
     for row in summary:
         cells = [row["regime"], f"{row['fraction']:g}"]
@@ -109,15 +160,17 @@ def format_table(runs: Sequence[Run]) -> str:
         cells += [_cell(row.get(p)) for p in present]
         diff = row.get("diff")
         if diff is None:
-            cells += ["-", "-", "-", "-"]
+            cells += ["-", "-", "-", "-", "-"]
         else:
             interval = (
                 f"[{diff['t_low']:+.2f}, {diff['t_high']:+.2f}]" if diff["n"] > 1 else "(1 seed)"
             )
-            cells.append(f"{diff['mean']:+.2f} {interval}")
+            size = "" if shared_n else f" n={diff['n']}"
+            cells.append(f"{diff['mean']:+.2f} {interval}{size}")
             cells.append(row["verdict"])
-            cells.append(f"{row['flops_ratio']:.2f}" if "flops_ratio" in row else "-")
-            cells.append(f"{row['wall_ratio']:.2f}")
+            cells.append(_cost_cell(row))
+            cells.append(f"{row['flops_ratio']:.3f}" if "flops_ratio" in row else "-")
+            cells.append(f"{row['wall_ratio']:.3f}")
         passes = (row.get("mix") or row.get("ssl+sl") or {}).get("passes")
         same = "" if row.get("passes_equal", True) else " (differ!)"
         cells.append(f"{passes['ssl']}/{passes['sl']}{same}" if passes else "-")
@@ -131,19 +184,24 @@ def format_table(runs: Sequence[Run]) -> str:
 
 LEGEND = (
     "test %: mean ± 95% t half-width over seeds; Δ: mix - ssl+sl test top-1 in points, paired "
-    "by seed, with its 95% t interval (bootstrap in compare.json); verdict: win = interval "
-    "above 0 and mix cheaper by FLOPs, tie = interval holds 0, loss = otherwise; ratios: mix / "
-    "ssl+sl (FLOPs: forward + backward model FLOPs; time: training seconds, evaluation apart); "
-    "passes: sample passes per objective of mix (equal to ssl+sl's by construction). With "
-    "several tasks, test % is the average over tasks (each task's in brackets, in task order) "
-    "and Δ is that of the average"
+    "by seed, with its 95% t interval over n seeds (compare.json adds a percentile bootstrap "
+    "from 5 seeds up). Verdict: accuracy is better when the t interval is above 0, worse below, "
+    "tie when it holds 0; cost is mix / ssl+sl by FLOPs when every run has them, else by "
+    "training time only on a CUDA device with the pipeline order rotated, else not measured; "
+    f"it is equal within {COST_MARGIN:.0%} of 1, lower or higher beyond. win = better at equal "
+    "or lower cost; better, dearer = better at higher cost (a trade-off); better (cost not "
+    "measured) = better, cost unknown; tie = interval holds 0; loss = worse. Ratios: mix / "
+    "ssl+sl (FLOPs: forward + backward model FLOPs; time: training seconds, evaluation apart; "
+    "on a CPU shared with other work time is not evidence). passes: sample passes per objective "
+    "of mix (equal to ssl+sl's by construction). With several tasks, test % is the average over "
+    "tasks (each task's in brackets, in task order) and Δ is that of the average"
 )
 
 
 def print_table(runs: Sequence[Run], settings: dict[str, Any]) -> None:
     seeds = len(settings["seeds"])
     print(f"\n{settings['dataset']} on {settings['device']}, {seeds} seed(s) per cell")
-    print(format_table(runs))
+    print(format_table(runs, settings))
     print(LEGEND)
 
 
@@ -190,6 +248,36 @@ def plot(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle(f"{settings['dataset']} on {settings['device']}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
+    """Each run's validation top-1 against its epoch (the rows of its metrics.jsonl), one
+    column per (regime, fraction), a colour per pipeline, a line per seed and budget: beside
+    compare.png, to see whether a pipeline was still rising or had peaked when it stopped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({_group_key(r)[:2] for r in runs})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (regime, fraction) in zip(axes[0], panels):
+        for run in (r for r in runs if _group_key(r)[:2] == (regime, fraction)):
+            rows = [row for row in run["result"]["epochs"] if row["val_top1"] is not None]
+            epochs = [row["epoch"] for row in rows]
+            ax.plot(epochs, [100 * row["val_top1"] for row in rows], ".-", alpha=0.7,
+                    color=COLORS[run["pipeline"]], label=run["pipeline"])  # fmt: skip
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry a pipeline
+        ax.legend(handles.values(), handles.keys(), fontsize=8)
+        ax.set_title(f"{regime}, labels {fraction:g}", fontsize=9)
+        ax.set_xlabel("epoch of the plan")
+        ax.set_ylabel("validation top-1 (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{settings['dataset']}: validation top-1 of every run", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -1,5 +1,6 @@
-"""Paired comparisons over seeds: the mean difference, its 95 % confidence interval (Student t
-and a percentile bootstrap), and a verdict that also weighs the cost."""
+"""Paired comparisons over seeds: the mean difference, its 95 % confidence interval (Student t;
+a percentile bootstrap beside it from BOOTSTRAP_MIN_SEEDS seeds up), and a verdict with its two
+parts apart: accuracy from the t interval, cost from a ratio with a stated margin."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,12 @@ _T975 = (
 )  # fmt: skip
 _T975_LARGE = ((40, 2.0211), (60, 2.0003), (120, 1.9799), (math.inf, 1.9600))
 BOOTSTRAP_RESAMPLES = 10_000
+# Below this many pairs a percentile bootstrap is not a 95 % interval: with 2 seeds it is the
+# range of the two differences, and at a few seeds it stays narrower than the t interval.
+BOOTSTRAP_MIN_SEEDS = 5
+# Cost ratios (mix / ssl+sl) within this fraction of 1 are "equal": the shared patch embedding
+# moves the FLOPs ratio between 0.997 and 1.000, which must not decide a verdict.
+COST_MARGIN = 0.01
 
 
 def t_quantile_975(df: int) -> float:
@@ -38,45 +46,110 @@ def t_quantile_975(df: int) -> float:
 
 @dataclass
 class PairedDiff:
-    """mix - baseline over paired seeds, in the units given (e.g. top-1 points)."""
+    """mix - baseline over paired seeds, in the units given (e.g. top-1 points). The t interval
+    is the one verdicts use; the bootstrap is None below BOOTSTRAP_MIN_SEEDS pairs."""
 
     n: int
     mean: float
     sd: float
     t_low: float
     t_high: float
-    boot_low: float
-    boot_high: float
+    boot_low: float | None = None
+    boot_high: float | None = None
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    @property
+    def label(self) -> str:
+        """The t interval's method and size, e.g. "95% t, n=5"."""
+        return f"95% t, n={self.n}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, with each interval's method (and n, shared by both)."""
+        out: dict[str, Any] = asdict(self)
+        out.update(method="t", level=0.95)
+        out["boot_method"] = (
+            None
+            if self.boot_low is None
+            else f"percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples"
+        )
+        return out
 
 
 def paired_diff(
     treatment: Sequence[float], baseline: Sequence[float], *, seed: int = 0
 ) -> PairedDiff:
-    """Differences treatment[i] - baseline[i] (one pair per seed): mean, t interval, bootstrap.
+    """Differences treatment[i] - baseline[i] (one pair per seed): mean, t interval and, from
+    BOOTSTRAP_MIN_SEEDS pairs up, a percentile bootstrap interval.
 
-    With one pair the intervals are (-inf, inf): one seed says nothing about the spread."""
+    With one pair the t interval is (-inf, inf): one seed says nothing about the spread."""
     if len(treatment) != len(baseline) or not treatment:
         raise ValueError("treatment and baseline need the same, non-zero number of seeds")
     diffs = np.asarray(treatment, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
     n, mean = len(diffs), float(diffs.mean())
     if n == 1:
-        return PairedDiff(1, mean, 0.0, -math.inf, math.inf, -math.inf, math.inf)
+        return PairedDiff(1, mean, 0.0, -math.inf, math.inf)
     sd = float(statistics.stdev(diffs.tolist()))
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    if n < BOOTSTRAP_MIN_SEEDS:
+        return PairedDiff(n, mean, sd, mean - half, mean + half)
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))].mean(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
     return PairedDiff(n, mean, sd, mean - half, mean + half, float(low), float(high))
 
 
-def verdict(diff: PairedDiff, cost_ratio: float) -> str:
-    """ "win": the t interval is above 0 and mix costs less; "tie": the interval holds 0;
-    "loss": otherwise (worse with confidence, or better but not cheaper)."""
-    if diff.t_low > 0 and cost_ratio < 1:
-        return "win"
-    if diff.t_low <= 0 <= diff.t_high:
-        return "tie"
-    return "loss"
+@dataclass(frozen=True)
+class Verdict:
+    """A verdict with its parts: `accuracy` (better / tie / worse, from the 95 % t interval),
+    `cost` (lower / equal / higher, or "not measured") by `cost_measure` ("FLOPs", "wall time"
+    or None) at `cost_ratio` (mix / baseline) with `margin`, and the `word` they make."""
+
+    word: str
+    accuracy: str
+    cost: str
+    cost_measure: str | None
+    cost_ratio: float | None
+    margin: float = COST_MARGIN
+
+    def __str__(self) -> str:
+        return self.word
+
+
+def accuracy_of(diff: PairedDiff) -> str:
+    """Accuracy from the t interval: "better" above 0, "worse" below 0, "tie" holding 0."""
+    if diff.t_low > 0:
+        return "better"
+    if diff.t_high < 0:
+        return "worse"
+    return "tie"
+
+
+def cost_of(ratio: float | None, margin: float = COST_MARGIN) -> str:
+    """Cost from a ratio mix / baseline: "equal" within `margin` of 1 (inclusive), "lower" or
+    "higher" beyond it; "not measured" without a ratio."""
+    if ratio is None:
+        return "not measured"
+    if ratio < 1 - margin:
+        return "lower"
+    if ratio > 1 + margin:
+        return "higher"
+    return "equal"
+
+
+def verdict(
+    diff: PairedDiff, cost_ratio: float | None, cost_measure: str | None = "FLOPs"
+) -> Verdict:
+    """The rule: "win" = better at equal or lower cost; "better, dearer" = better at a cost
+    higher than 1 + COST_MARGIN (a trade-off, not a loss); "better (cost not measured)" =
+    better with no cost ratio to weigh (None); "tie" = the t interval holds 0; "loss" = worse.
+    `cost_measure` names what the ratio measures ("FLOPs" or "wall time")."""
+    accuracy, cost = accuracy_of(diff), cost_of(cost_ratio)
+    if accuracy == "worse":
+        word = "loss"
+    elif accuracy == "tie":
+        word = "tie"
+    elif cost == "not measured":
+        word = "better (cost not measured)"
+    else:
+        word = "better, dearer" if cost == "higher" else "win"
+    measure = None if cost_ratio is None else cost_measure
+    return Verdict(word, accuracy, cost, measure, cost_ratio)

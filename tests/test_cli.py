@@ -139,6 +139,7 @@ def test_compare_end_to_end_refuses_overwrite_and_resumes(tmp_path):
         assert 0.0 <= run["top1"] <= 1.0 and run["wall_s"] > 0
         assert (out / run_name(run["pipeline"], 0.5, 3) / "result.json").is_file()
     assert (out / "compare.png").stat().st_size > 1000
+    assert (out / "compare-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = (out / "compare.json").read_bytes()
 
     again = mixfast(*args)

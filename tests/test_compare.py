@@ -111,10 +111,12 @@ def test_verdict():
     above = PairedDiff(5, 2.0, 1.0, 0.5, 3.5, 0.6, 3.4)
     holds = PairedDiff(5, 0.5, 1.0, -0.5, 1.5, -0.4, 1.4)
     below = PairedDiff(5, -2.0, 1.0, -3.5, -0.5, -3.4, -0.6)
-    assert verdict(above, 0.8) == "win"
-    assert verdict(above, 1.1) == "loss"  # better but dearer is not a win
-    assert verdict(holds, 0.5) == "tie"
-    assert verdict(below, 0.5) == "loss"
+    assert verdict(above, 0.8).word == "win"
+    assert verdict(above, 1.0).word == "win"  # equal FLOPs: better is a win (it was "loss")
+    assert verdict(above, 1.1).word == "better, dearer"  # a trade-off, not a loss
+    assert verdict(holds, 0.5).word == "tie"
+    assert verdict(below, 0.5).word == "loss"
+    assert str(verdict(above, 1.1)) == "better, dearer"  # f-strings of older scripts read the word
 
 
 def test_pipeline_order_rotates_per_seed():
@@ -140,6 +142,10 @@ def test_summary_and_table():
     row = summarize(runs)[0]
     assert row["diff"]["mean"] == pytest.approx(2.5)
     assert row["flops_ratio"] == pytest.approx(0.9) and row["passes_equal"]
-    assert row["verdict"] == "win"
+    assert row["verdict"] == "win" and row["accuracy"] == "better"
+    assert (row["cost"], row["cost_measure"]) == ("lower", "FLOPs")
+    assert row["diff"]["method"] == "t" and row["diff"]["n"] == 3
+    assert row["diff"]["boot_low"] is None  # 3 seeds: no bootstrap
     table = format_table(runs)
     assert "win" in table and "+2.50" in table and "10/10" in table
+    assert "95% t, n=3" in table and "0.900" in table and "lower (FLOPs)" in table

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 from _tiny import tiny_data, tiny_model
 
 from mixfast import checkpoint
@@ -99,3 +100,24 @@ def test_run_spec_validates_each_part():
         RunSpec(data=DataConfig(fraction=0.0)).validate()
     changed = RunSpec().replace(data={"fraction": 0.5}, train={"seed": 3})
     assert changed.data.fraction == 0.5 and changed.train.seed == 3
+
+
+def test_the_tracked_gradient_norm_is_the_norm_before_the_update():
+    config = TrainConfig(
+        ssl_epochs=1, sl_epochs=1, batch_size=16, progress=False, device="cpu", compile=False,
+        tensorboard=True,
+    )  # fmt: skip
+    trainer = MixTrainer(tiny_model(), config)
+    trainer.prepare(None, tiny_data(32))
+    stages = trainer.stages
+    stages.enter("sl")  # the plan is MIX x 1: the fine-tune stage
+    norms = []
+    for seed in (1, 2):
+        images = tiny_data(8, seed=seed).tensors[0]
+        trainer.model.forward_ssl(images, 0.75, seed=seed).backward()
+        grads = [p.grad for p in stages.trainable if p.grad is not None]
+        norms.append(float(torch.nn.utils.get_total_norm(grads)))
+        stages.set_lr(0)
+        assert stages.step()
+    assert stages.take_mean_norm() == pytest.approx(sum(norms) / 2, rel=1e-6)
+    assert stages.take_mean_norm() is None  # read since: nothing new

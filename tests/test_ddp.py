@@ -64,7 +64,7 @@ def test_two_processes_equal_one_process(tmp_path):
     state = load_checkpoint(out / "last.pt")["model"]
     for key, value in single.state_dict().items():
         torch.testing.assert_close(state[key], value, atol=1e-5, rtol=1e-4, msg=key)
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".png") == [  # + pictures
         ".lock",
         ".mixfast-run",
         "config.json",

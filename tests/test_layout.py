@@ -27,6 +27,7 @@ LAYERS = {
     "mixfast.experiment": 5,
     "mixfast.compare": 6,
     "mixfast.report": 6,
+    "mixfast.profile": 6,
     "mixfast.cli": 7,
     "mixfast.__main__": 8,
 }

@@ -88,6 +88,9 @@ def test_object_lacking_forward_mixed_is_not_a_mix_model():
         def check_labels(self, labels, task=0):
             pass
 
+        def set_grad_checkpointing(self, enable=True):
+            pass
+
         def export_timm(self):
             return None
 

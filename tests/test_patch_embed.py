@@ -73,21 +73,68 @@ def _assert_op_matches(run, oracle, params, atol=1e-4, rtol=1e-4):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size,patch,channels", [(16, 4, 3), (28, 7, 1), (28, 4, 1), (32, 8, 3)])
-def test_reference_matches_timm_patch_embed(size, patch, channels):
+def timm_oracle(images, weight, bias, pos_embed, ids_keep=None):
+    """Independent of mixfast: timm's PatchEmbed (its conv run with these weights, so autograd
+    reaches them), the pos-embed added, the kept tokens gathered -> [B, K or N, D]."""
+    dim, channels, patch = weight.shape[0], weight.shape[1], weight.shape[-1]
+    embed = PatchEmbed(images.shape[-1], patch, channels, dim).to(images.device)
+    params = {"proj.weight": weight, "proj.bias": bias}
+    tokens = torch.func.functional_call(embed, params, (images,)) + pos_embed  # [B, N, D]
+    if ids_keep is None:
+        return tokens
+    return torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, dim))
+
+
+# (batch, channels, size, patch, dim, keep): odd D, odd grids (3x3, 5x5), B = 1, K = 1, K = N
+TIMM_SHAPES = [
+    (3, 3, 16, 4, 40, 5),
+    (1, 1, 28, 7, 40, 1),
+    (3, 1, 28, 4, 24, 13),
+    (2, 3, 21, 7, 37, 4),
+    (2, 1, 15, 3, 9, 25),
+    (2, 3, 32, 8, 40, 16),
+]
+
+
+def _check_against_timm(shape, device):
+    """The masked op (kept tokens and all tokens) and the packed op against timm: forward and
+    the gradients of weight, bias and pos_embed."""
+    batch, channels, size, patch, dim, keep = shape
     images, weight, bias, pos_embed, ids_keep = _inputs(
-        batch=3, channels=channels, size=size, patch=patch, dim=40
+        batch, channels, size, patch, dim, keep, device=device
     )
-    timm_embed = PatchEmbed(size, patch, channels, 40)
-    with torch.no_grad():
-        timm_embed.proj.weight.copy_(weight)
-        timm_embed.proj.bias.copy_(bias)
-        tokens = timm_embed(images) + pos_embed  # [B, N, D]
-    expected = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, 40))
-    torch.testing.assert_close(
-        ops.masked_patch_embed(images, weight, bias, pos_embed, ids_keep), expected
+    params = (weight, bias, pos_embed)
+    for ids in (ids_keep, None):
+        run = lambda *p, ids=ids: ops.masked_patch_embed(images, *p, ids)
+        oracle = lambda *p, ids=ids: timm_oracle(images, *p, ids)
+        _assert_op_matches(run, oracle, params)
+    num_patches = (size // patch) ** 2
+    full, kept, rows = (
+        t if isinstance(t, int) else t.to(device) for t in _mix_layout(batch, num_patches, keep)
     )
-    torch.testing.assert_close(ops.masked_patch_embed(images, weight, bias, pos_embed), tokens)
+
+    def run_packed(*p):
+        return ops.packed_patch_embed(
+            images, *p, rows, ids_keep=ids_keep, full_offsets=full, keep_offsets=kept
+        )
+
+    def timm_packed(*p):  # the packing by hand: [cls, N tokens] x B, then [cls, K kept] x B
+        out = torch.zeros(rows, dim, device=device)
+        for offsets, tokens in (
+            (full, timm_oracle(images, *p)),
+            (kept, timm_oracle(images, *p, ids_keep)),
+        ):
+            index = (offsets[:, None] + torch.arange(tokens.shape[1], device=device)).reshape(-1)
+            out = out.index_put((index,), tokens.reshape(-1, dim))
+        return out
+
+    _assert_op_matches(run_packed, timm_packed, params)
+
+
+@pytest.mark.parametrize("shape", TIMM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_op_matches_timm_patch_embed(shape):
+    """On CPU the op runs the reference path: checked here against timm, not against itself."""
+    _check_against_timm(shape, "cpu")
 
 
 @pytest.mark.parametrize("with_ids", [True, False])
@@ -324,6 +371,15 @@ def test_triton_masked_matches_reference(shape, with_ids, triton_device, force_t
     run = lambda *params: ops.masked_patch_embed(images, *params, ids_keep)
     oracle = lambda *params: masked_patch_embed_reference(images, *params, ids_keep)
     _assert_op_matches(run, oracle, (weight, bias, pos_embed))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    "shape", [TIMM_SHAPES[1], TIMM_SHAPES[3]], ids=lambda s: "x".join(map(str, s))
+)
+def test_triton_matches_timm_patch_embed(shape, triton_device, force_triton):
+    """The kernels against timm directly (the tests above check them against the reference)."""
+    _check_against_timm(shape, triton_device)
 
 
 @pytest.mark.triton

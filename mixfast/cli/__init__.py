@@ -1,8 +1,9 @@
-"""The `mixfast` command: train, compare, data, bench, info (one module per command).
+"""The `mixfast` command: train, compare, profile, data, bench, info (one module per command).
 
 Exit codes: 0 success, 2 bad usage (argparse errors, and any ValueError raised while the run is
-being set up, before training starts), 1 failure. Library errors name settings as {name}; they
-are printed here with flag names (`--batch-size`).
+being set up, before training starts), 1 failure, 130 interrupted (Ctrl-C / SIGINT; during
+training after a checkpoint), 143 SIGTERM during training (after a checkpoint). Library errors
+name settings as {name}; they are printed here with flag names (`--batch-size`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from mixfast.checks import SettingError
-from mixfast.cli import bench, compare, data, info, train
+from mixfast.cli import bench, compare, data, info, profile, train
 from mixfast.cli.args import UsageError, flag, load_config_defaults
 from mixfast.ops._backend import requested_backend
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mixfast", description="MixTraining (MAE + supervised, mixed) for Vision Transformers"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, compare, data, bench, info):
+    for command in (train, compare, profile, data, bench, info):
         command.add_parser(sub)
     return parser
 
@@ -64,9 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     try:
         return work()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the trainer saved a checkpoint first (SIGINT at a step)
         print(f"mixfast {args.command}: interrupted", file=sys.stderr)
-        return 1
+        return 130
     except Exception as exc:  # noqa: BLE001 - the command's failure exit code
         import traceback
 

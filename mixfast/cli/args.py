@@ -26,6 +26,17 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _resume_value(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
+    return text
+
+
+def switch(name: str, help: str) -> dict[str, Any]:
+    """The FlagSpecs entry of an on/off setting: `name` turns it on."""
+    return dict(switches=[(name, dict(action="store_true", help=help))])
+
+
 # Per field, what differs from `--name VALUE` with the field's type and default: extra
 # argparse kwargs (help, choices, nargs, ...), or "switches", a list of (flag, kwargs) that
 # set the field (in a mutually exclusive group when "exclusive"), or None: no flag.
@@ -33,6 +44,7 @@ FlagSpecs = dict[str, Any]
 
 TRAIN_FLAGS: FlagSpecs = {
     "augment": None,  # the callable comes from --augment (DataConfig)
+    "pretrained_weights": None,  # set by the run from --pretrained / --pretrained-path
     "compile_backend": None,
     "pipeline": dict(choices=PIPELINES),
     "transition": dict(choices=TRANSITIONS),
@@ -57,21 +69,40 @@ TRAIN_FLAGS: FlagSpecs = {
         ]
     ),
     "amp": dict(switches=[("--no-amp", dict(action="store_false"))]),
-    "cuda_graph": dict(
-        switches=[
-            (
-                "--cuda-graph",
-                dict(
-                    action="store_true",
-                    help="capture each phase's whole step in a CUDA graph and replay it (CUDA, "
-                    "one process, no accumulation; otherwise steps eagerly with a warning)",
-                ),
-            )
-        ]
+    "cuda_graph": switch(
+        "--cuda-graph",
+        "capture each phase's whole step in a CUDA graph and replay it (CUDA, "
+        "one process, no accumulation; otherwise steps eagerly with a warning)",
+    ),
+    "tensorboard": switch(
+        "--tensorboard",
+        "also write TensorBoard event files to OUT/tensorboard/: scalars per "
+        "epoch and per --log-every steps, the reconstruction grids, the config "
+        "(needs: pip install tensorboard)",
+    ),
+    "recon_every": dict(
+        metavar="N",
+        help="draw OUT/recon-epochNNN.png (MAE reconstructions of 8 validation images under "
+        "fixed masks) every N SSL/mix epochs, and OUT/recon-last.png at the end; 0: none "
+        "(default: %(default)s)",
     ),
     "progress": dict(switches=[("--no-progress", dict(action="store_false"))]),
+    "grad_checkpointing": switch(
+        "--grad-checkpointing",
+        "keep no encoder block activations for the backward: recompute them "
+        "there (less memory, about a third more compute)",
+    ),
     "resume": dict(
-        switches=[("--resume", dict(action="store_true", help="continue from OUT/last.pt"))]
+        nargs="?",
+        const=True,
+        type=_resume_value,
+        metavar="auto",
+        help="continue from OUT/last.pt; --resume auto: continue when it exists, else start "
+        "(one command line for every torchrun --max-restarts restart)",
+    ),
+    "save_every": dict(
+        metavar="N",
+        help="also save OUT/last.pt every N optimizer steps, mid-epoch (default: epoch ends)",
     ),
     "task_weights": dict(type=float, nargs="+"),
     "mix_ratio": dict(help="rho in [0, 1]"),
@@ -94,6 +125,19 @@ MODEL_FLAGS: FlagSpecs = {
     "num_heads": dict(help="attention heads (override)"),
     "decoder_dim": dict(help="MAE decoder width"),
     "decoder_depth": dict(help="MAE decoder blocks"),
+    "pretrained": switch(
+        "--pretrained",
+        "start from --model's pretrained weights (a tag allowed: "
+        "vit_base_patch16_224.mae) through timm's loader and cache; offline they "
+        "load only when cached; adapted as --pretrained-path's (docs/weights.md)",
+    ),
+    "pretrained_path": dict(
+        metavar="FILE",
+        help="start from the weights in FILE: an MAE main_pretrain.py checkpoint or released "
+        "encoder, a timm state_dict (.pth, .safetensors), a mixfast last.pt or exported "
+        "encoder; position and patch embedding, input channels and heads are adapted to the "
+        "run, anything else that differs is an error (docs/weights.md)",
+    ),
 }
 
 DATA_FLAGS: FlagSpecs = {
@@ -151,18 +195,11 @@ DATA_FLAGS: FlagSpecs = {
             ),
         ],
     ),
-    "skip_bad": dict(
-        switches=[
-            (
-                "--skip-bad",
-                dict(
-                    action="store_true",
-                    help="decode every image file once before training and leave out those that "
-                    "do not decode (counted, and named in DIR/data.json); default: such a file "
-                    "stops the run with an error naming it",
-                ),
-            )
-        ]
+    "skip_bad": switch(
+        "--skip-bad",
+        "decode every image file once before training and leave out those that "
+        "do not decode (counted, and named in DIR/data.json); default: such a file "
+        "stops the run with an error naming it",
     ),
     "memory_cap_gb": dict(
         help="image files larger than this, decoded, are streamed (default: %(default)s)"

@@ -116,7 +116,7 @@ def compare_config(args: argparse.Namespace) -> compare.CompareConfig:
         regimes=tuple(args.regimes),
         budgets=tuple(args.budgets) if args.budgets else None,
         warmup=not args.no_warmup,
-        resume=args.resume,
+        resume=bool(args.resume),
         force=args.force,
     )
 
@@ -140,6 +140,7 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
     experiment.model_kwargs(spec.model, first)  # checks the patch grid (and warns) first
     compare.check_cells(cmp, spec, splits)
     settings = {
+        "protocol": compare.PROTOCOL,  # the pipeline order rotates: wall time may be evidence
         "dataset": spec.data.dataset,
         "regimes": list(cmp.regimes),
         "fractions": list(cmp.fractions),
@@ -158,7 +159,9 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
         report.print_table(runs, settings)
         plot_path = report_path.with_suffix(".png")
         report.plot(runs, plot_path, settings)
-        print(f"\nwrote {report_path} and {plot_path}")
+        curves_path = report_path.with_name("compare-curves.png")
+        report.plot_curves(runs, curves_path, settings)
+        print(f"\nwrote {report_path}, {plot_path} and {curves_path}")
         return 0
 
     return work

@@ -46,21 +46,24 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
     spec = spec_from_args(args)
     config = spec.train
     folder = RunFolder(config.out, config.resume)
-    if config.resume:
+    if folder.resume:
         experiment.check_data_record(spec, folder.path)
     data = experiment.load_data(spec)
     experiment.check_data_fits(spec, data)
     model = experiment.build_model(spec, data)
     config = experiment.with_augment(config, data, spec.data)
+    config = experiment.with_weights(config, spec.model)
     trainer = MixTrainer(model, config)
     trainer.prepare(*data.fit_inputs(), folder=folder)  # the checkpoint's own settings checked
     main_rank = distributed.env_rank() == 0
     if main_rank:
         folder.claim()  # marker + lock, before the first file is written
-        if not config.resume:
-            write_json(folder.path / "data.json", experiment.data_record(spec, data))
+        if not folder.resume:
+            write_json(folder.path / "data.json", experiment.data_record(spec, data, model))
         name = spec.data.dataset
         print(f"mixfast train: {config.pipeline} on {name}: {data.summary()}", file=sys.stderr)
+        for note in getattr(model, "pretrained_notes", []):
+            print(f"mixfast train: weights: {note}", file=sys.stderr)
 
     def work() -> int:
         with folder:

@@ -30,7 +30,7 @@ from mixfast.data.readers import (
     FileImages,
     FileSplits,
     FileView,
-    open_reader,
+    open_counted,
     reader_classes,
     splits_of,
 )
@@ -47,19 +47,31 @@ def open_files(
 ) -> FileSplits:
     """A folder (ROOT/train + ROOT/val|test, or ROOT/<class>/ split into train and a held-out
     stratified `test_fraction`) or a .tar of class folders (split the same way). `size`: the
-    images' side after resizing (default: the first image's width)."""
+    images' side after resizing (default: the first image's width). Which files are read, and
+    what is left out (in `.left_out`): mixfast.data.imagefiles."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"{{data_dir}} {root} does not exist")
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if root.is_dir() and (root / "train").is_dir() and test_dir is not None:
-        train, test = open_reader(root / "train"), open_reader(test_dir)
+        (train, train_left), (test, test_left) = (
+            open_counted(root / "train"),
+            open_counted(test_dir),
+        )
         if reader_classes(train) != reader_classes(test):
             raise DataError(f"{test_dir}: class folders differ from {root / 'train'}")
+        left_out = train_left.prefixed("train") + test_left.prefixed(test_dir.name)
     else:
-        train, test = open_reader(root), None
+        (train, left_out), test = open_counted(root), None
     return splits_of(
-        root.name, train, test, size=size, mode=mode, test_fraction=test_fraction, seed=seed
+        root.name,
+        train,
+        test,
+        size=size,
+        mode=mode,
+        test_fraction=test_fraction,
+        seed=seed,
+        left_out=left_out,
     )
 
 

@@ -3,7 +3,9 @@ reading layer under files.py (open_files, open_dataset), shards.py (writing shar
 (saved Hugging Face datasets), which all build on it and none of which it imports.
 
     open_reader    timm's reader of a folder of class folders, a .tar of them, or a folder of
-                   tar shards (checked against their info.json first: check_shards)
+                   tar shards (checked against their info.json first: check_shards), holding
+                   the samples of mixfast.data.imagefiles' rule (`open_counted`: and what the
+                   rule left out)
     FileView       the images at some indices of a reader (indexing by a tensor gives a view)
     FileImages     a Dataset over a FileView: (uint8 image, label) per sample, mean/std for the
                    device-side normalisation
@@ -26,6 +28,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from mixfast.data.imagefiles import (
+    LeftOut,
+    is_tar_folder,
+    kept,
+    oriented_size,
+    read_image,
+    survey_source,
+    timm_extensions,
+)
 from mixfast.data.sources import DataError, ImageSplits, stratified_subset
 
 STATS_SAMPLE = 1024  # images decoded for the per-channel mean / std (seeded, same in both modes)
@@ -34,22 +45,75 @@ STATS_SEED = 4099
 
 def open_reader(root: Path) -> Any:
     """timm's reader of a folder of class folders, a .tar of them, or a folder of such tars
-    (shards: checked against their info.json first)."""
+    (shards: checked against their info.json first), holding the rule's samples only."""
+    return open_counted(root)[0]
+
+
+def open_counted(root: Path) -> tuple[Any, LeftOut]:
+    """(open_reader(root), what the rule of mixfast.data.imagefiles left out of it). timm's
+    reader finds the files of every image extension the rule reads; its samples that the rule
+    leaves out (hidden, outside a class folder) are dropped and the classes renumbered."""
     from timm.data.readers import create_reader
     from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 
     root = Path(root)
     try:
-        if (
-            root.is_dir()
-            and any(root.glob("*.tar"))
-            and not any(p.is_dir() for p in root.iterdir())
-        ):
+        tars = root.is_dir() and is_tar_folder(root)
+        if tars:
             check_shards(root)
-            return ReaderImageInTar(str(root))
-        return create_reader("", root=str(root))
+        found = survey_source(root)
+        if not found.images:
+            left = found.left_out.summary() or "it is empty"
+            raise DataError(
+                f"{{data_dir}} {root}: no image in a class folder (want ROOT/<class>/<image>, "
+                f"an image file Pillow reads); {left}"
+            )
+        with timm_extensions():
+            reader = ReaderImageInTar(str(root)) if tars else create_reader("", root=str(root))
     except (RuntimeError, AssertionError, OSError, EOFError, tarfile.TarError) as exc:
         raise DataError(f"{{data_dir}} {root}: cannot read it as an image dataset ({exc})") from exc
+    _keep_rule_samples(reader, root)
+    return reader, found.left_out
+
+
+def _keep_rule_samples(reader: Any, root: Path) -> None:
+    """Drop the samples of `reader` that the rule leaves out, and renumber its classes (in
+    their natural order) to those left."""
+    from timm.data.readers.reader_image_in_tar import ReaderImageInTar
+
+    names = reader_classes(reader)
+    targets = reader_labels(reader)
+    in_tar = isinstance(reader, ReaderImageInTar)
+    if in_tar:  # ReaderImageInTar: (member, its tar, the tar inside that tar)
+        parts = [
+            [*(Path(fn).parts if fn else ()), *(inner.name.split("/") if inner else ()),
+             *info.name.split("/")]
+            for info, fn, inner in reader.samples
+        ]  # fmt: skip
+    else:
+        parts = [Path(os.path.relpath(path, root)).parts for path, _ in reader.samples]
+    mask = torch.tensor(
+        [kept(p, names[t]) for p, t in zip(parts, targets.tolist())], dtype=torch.bool
+    )
+    if not mask.any():
+        raise DataError(f"{{data_dir}} {root}: no image in a class folder")
+    used = torch.unique(targets[mask]).tolist()  # ascending: timm's natural order
+    if mask.all() and used == list(range(len(names))):
+        return
+    renumber = torch.full((len(names),), -1, dtype=torch.int64)
+    renumber[used] = torch.arange(len(used))
+    classes = {names[old]: new for new, old in enumerate(used)}
+    if in_tar:
+        keep = mask.numpy()
+        reader.samples = reader.samples[keep]
+        reader.targets = renumber[targets[mask]].numpy()
+        reader.class_name_to_idx = classes
+        reader.class_idx_to_name = {i: name for name, i in classes.items()}
+    else:
+        new_targets = renumber[targets[mask]].tolist()
+        kept_samples = [s for s, k in zip(reader.samples, mask.tolist()) if k]
+        reader.samples = [(path, t) for (path, _), t in zip(kept_samples, new_targets)]
+        reader.class_to_idx = classes
 
 
 def reader_labels(reader: Any) -> torch.Tensor:
@@ -135,17 +199,15 @@ class FileView:
         reader._mixfast_pid = os.getpid()
 
     def decode(self, i: int) -> torch.Tensor:
-        """Image i as uint8 [C, size, size]; a DataError naming the file if it cannot be read."""
-        from PIL import Image, UnidentifiedImageError
+        """Image i as uint8 [C, size, size] (mixfast.data.imagefiles.read_image: first frame,
+        EXIF orientation, RGB or L); a DataError naming the file if it cannot be read."""
+        from PIL import UnidentifiedImageError
 
         self._own_handles()
         try:
             file, _ = self.reader[int(self.indices[i])]
-            with file, Image.open(file) as img:
-                img = img.convert(self.mode)
-                if img.size != (self.size, self.size):
-                    img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
-                data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            with file:
+                return read_image(file, self.mode, self.size)
         except (
             OSError,
             UnidentifiedImageError,
@@ -155,8 +217,6 @@ class FileView:
             tarfile.TarError,
         ) as exc:
             raise DataError(f"{self.filename(i)}: cannot decode the image ({exc})") from exc
-        channels = self.shape[1]
-        return data.view(self.size, self.size, channels).permute(2, 0, 1).contiguous()
 
     def readable(self, workers: int = 0) -> tuple[torch.Tensor, list[str]]:
         """(bool mask of the images that decode, the files of those that do not), decoding
@@ -222,6 +282,7 @@ class FileSplits:
     classes: tuple[str, ...] = ()
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # mean_std, once computed
     skipped: tuple[str, ...] = ()  # unreadable files left out (skip_bad)
+    left_out: LeftOut = LeftOut()  # entries the rule does not read (hidden, not images, ...)
 
     def drop_unreadable(self, workers: int = 0) -> None:
         """Leave out every image that does not decode (each is decoded once here); their
@@ -275,6 +336,7 @@ class FileSplits:
             self.classes,
             stats=self.mean_std(),
             skipped=self.skipped,
+            left_out=self.left_out,
         )
 
 
@@ -287,9 +349,11 @@ def splits_of(
     mode: str,
     test_fraction: float,
     seed: int,
+    left_out: LeftOut | None = None,
 ) -> FileSplits:
     """FileSplits of a train reader and a test reader; without one, a stratified seeded
-    `test_fraction` of the train reader is held out as the test split."""
+    `test_fraction` of the train reader is held out as the test split. `left_out`: what the
+    rule left out of the source (said in the run's summary)."""
     size = size or _first_size(train)
     classes = reader_classes(train)
     if test is not None:
@@ -304,16 +368,26 @@ def splits_of(
         everything = FileView.whole(train, size=size, mode=mode)
         train_view, test_view = everything[keep], everything[test_index]
         train_labels, test_labels = labels[keep], labels[test_index]
-    return FileSplits(name, train_view, train_labels, test_view, test_labels, len(classes), classes)
+    return FileSplits(
+        name,
+        train_view,
+        train_labels,
+        test_view,
+        test_labels,
+        len(classes),
+        classes,
+        left_out=left_out or LeftOut(),
+    )
 
 
 def _first_size(reader: Any) -> int:
-    """The width of the reader's first image (the default side of every image)."""
+    """The width of the reader's first image, as its EXIF orientation turns it (the default
+    side of every image)."""
     from PIL import Image
 
     file, _ = reader[0]
     with file, Image.open(file) as img:
-        return img.size[0]
+        return oriented_size(img)[0]
 
 
 def check_shards(root: Path) -> None:
@@ -367,6 +441,7 @@ __all__ = [
     "FileView",
     "LabeledImages",
     "check_shards",
+    "open_counted",
     "open_reader",
     "reader_classes",
     "reader_labels",

@@ -24,6 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from mixfast.checks import SettingError
+from mixfast.data.imagefiles import (
+    LeftOut,
+    folder_entries,
+    is_hidden,
+    is_image_name,
+    read_image,
+    survey,
+)
 
 DATASETS = ("fashion-mnist", "imagefolder", "tinyimagenet", "synthetic")
 FASHION_MNIST_ENV = "MIXFAST_FASHION_MNIST_DIR"
@@ -32,7 +40,6 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -54,6 +61,7 @@ class ImageSplits:
     classes: tuple[str, ...] = ()
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # mean/std, when fixed
     skipped: tuple[str, ...] = ()  # unreadable files left out of an image-file source
+    left_out: LeftOut = LeftOut()  # entries the rule of mixfast.data.imagefiles does not read
 
     def __post_init__(self) -> None:
         self.train_labels = self.train_labels.long()
@@ -211,23 +219,17 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ImageSplits
 
 
 # --------------------------------------------------------------------------------------------
-# Image files: ImageFolder trees and TinyImageNet-200
+# Image files: ImageFolder trees and TinyImageNet-200 (which files are images, of which class,
+# and how one is decoded: mixfast.data.imagefiles, the rule of every image-file source)
 
 
 def _load_image(path: Path, mode: str, size: int | None) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-            width, height = img.size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        return read_image(path, mode, size)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot decode the image ({exc}); the file is corrupt") from exc
-    channels = 1 if mode == "L" else 3
-    return data.reshape(height, width, channels).permute(2, 0, 1)
 
 
 def load_image_files(
@@ -251,19 +253,21 @@ def load_image_files(
     return images, torch.tensor(list(labels), dtype=torch.long)
 
 
-def _folder_samples(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+def _folder_samples(root: Path) -> tuple[list[Path], list[int], tuple[str, ...], LeftOut]:
+    """(image files, labels, classes, what is left out) of ROOT/<class>/... by the rule of
+    mixfast.data.imagefiles (the one timm's readers get in mixfast.data.readers)."""
+    if not any(d.is_dir() and not is_hidden(d.name) for d in root.iterdir()):
         raise DataError(f"{root}: no class folders (want ROOT/<class>/<image> files)")
-    paths, labels = [], []
-    for index, name in enumerate(classes):
-        for file in sorted((root / name).rglob("*")):
-            if file.suffix.lower() in IMAGE_EXTENSIONS and file.is_file():
-                paths.append(file)
-                labels.append(index)
-    if not paths:
-        raise DataError(f"{root}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return paths, labels, tuple(classes)
+    found = survey(folder_entries(root))
+    if not found.images:
+        raise DataError(
+            f"{root}: the class folders hold no images (image files Pillow reads: .jpg, .png, "
+            f".webp, ...); {found.left_out.summary()}"
+        )
+    index = {name: i for i, name in enumerate(found.classes)}
+    paths = [root / rel for rel, _ in found.images]
+    labels = [index[label] for _, label in found.images]
+    return paths, labels, found.classes, found.left_out
 
 
 def load_image_folder(
@@ -281,14 +285,15 @@ def load_image_folder(
         raise DataError(f"{{data_dir}} {root} is not a directory")
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
-        paths, labels, classes = _folder_samples(root / "train")
-        test_paths, test_labels, test_classes = _folder_samples(test_dir)
+        paths, labels, classes, left_out = _folder_samples(root / "train")
+        test_paths, test_labels, test_classes, test_left = _folder_samples(test_dir)
         if test_classes != classes:
             raise DataError(f"{test_dir}: class folders differ from {root / 'train'}")
         train = load_image_files(paths, labels, mode=mode, size=size)
         test = load_image_files(test_paths, test_labels, mode=mode, size=size)
-        return ImageSplits("imagefolder", *train, *test, len(classes), classes)
-    paths, labels, classes = _folder_samples(root)
+        left_out = left_out.prefixed("train") + test_left.prefixed(test_dir.name)
+        return ImageSplits("imagefolder", *train, *test, len(classes), classes, left_out=left_out)
+    paths, labels, classes, left_out = _folder_samples(root)
     images, label_tensor = load_image_files(paths, labels, mode=mode, size=size)
     test_index = stratified_subset(label_tensor, fraction=test_fraction, seed=seed)
     keep = torch.ones(len(label_tensor), dtype=torch.bool)
@@ -308,6 +313,7 @@ def load_image_folder(
         label_tensor[test_index],
         len(classes),
         classes,
+        left_out=left_out,
     )
 
 
@@ -324,13 +330,15 @@ def load_tinyimagenet(root: str | os.PathLike, *, size: int | None = None) -> Im
     if wnids_file.is_file():
         wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
     else:
-        wnids = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        wnids = sorted(
+            d.name for d in (root / "train").iterdir() if d.is_dir() and not is_hidden(d.name)
+        )
     index = {w: i for i, w in enumerate(wnids)}
     paths, labels = [], []
     for wnid in wnids:
         image_dir = root / "train" / wnid / "images"
         files = sorted(image_dir.glob("*")) if image_dir.is_dir() else []
-        paths += [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+        paths += [f for f in files if is_image_name(f.name) and f.is_file()]
         labels += [index[wnid]] * (len(paths) - len(labels))
     test_paths, test_labels = [], []
     for line_no, line in enumerate(annotations.read_text().splitlines(), 1):

@@ -260,8 +260,8 @@ def prepare_task_data(
         tasks.append(TaskData(name, sl_data, val_data, test_data, classes, note))
     ssl_data = _ssl_pool(list(sources.values()), regime, mean, std)
     shape, storage = base.data.image_shape, base.data.storage
-    skipped = base.data.skipped
-    return TrainingData(ssl_data, tasks, shape, mean, std, regime, storage, skipped)
+    skipped, left_out = base.data.skipped, base.data.left_out
+    return TrainingData(ssl_data, tasks, shape, mean, std, regime, storage, skipped, left_out)
 
 
 def _load_source(spec: TaskSpec, splits: ImageSplits, load) -> tuple[ImageSplits, str]:

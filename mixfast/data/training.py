@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mixfast.data.imagefiles import LeftOut
 from mixfast.data.readers import FileImages, FileSplits, LabeledImages
 from mixfast.data.sources import DataError, ImageSplits, stratified_subset
 
@@ -156,6 +157,7 @@ class TrainingData:
     regime: str = "data-limited"
     storage: str = "in-memory"  # or "streamed": image files decoded in DataLoader workers
     skipped: tuple[str, ...] = ()  # unreadable image files left out (skip_bad)
+    left_out: LeftOut = LeftOut()  # entries of an image-file source that are not samples
 
     @property
     def sl_data(self) -> ImageDataset:
@@ -196,6 +198,8 @@ class TrainingData:
         streamed = ", streamed from files" if self.storage == "streamed" else ""
         if self.skipped:
             streamed += f"; skipped {len(self.skipped)} unreadable image(s), e.g. {self.skipped[0]}"
+        if len(self.left_out):
+            streamed += f"; {self.left_out.summary()}"
         if len(self.tasks) > 1:
             tasks = "; ".join(t.summary() for t in self.tasks)
             return (
@@ -299,7 +303,10 @@ def prepare_training_data(
     task = TaskData(splits.name, sl_data, val_data, test_data, splits.num_classes)
     storage = "streamed" if isinstance(splits, FileSplits) else "in-memory"
     skipped = tuple(getattr(splits, "skipped", ()))
-    return TrainingData(ssl_data, [task], splits.image_shape, mean, std, regime, storage, skipped)
+    left_out = getattr(splits, "left_out", LeftOut())
+    return TrainingData(
+        ssl_data, [task], splits.image_shape, mean, std, regime, storage, skipped, left_out
+    )
 
 
 def _limit(labels: torch.Tensor, total: int, num_classes: int) -> torch.Tensor:

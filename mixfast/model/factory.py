@@ -1,13 +1,17 @@
-"""`create_model`: a MixMAE from a timm ViT name or an existing timm VisionTransformer."""
+"""`create_model`: a MixMAE from a timm ViT name or an existing timm VisionTransformer, optionally
+started from pretrained weights (mixfast/model/weights.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
+from timm.models import split_model_name_tag
 from timm.models.vision_transformer import VisionTransformer
 
 from mixfast.model.mae import MixMAE
 from mixfast.model.vit import adopt_vit, create_vit
+from mixfast.model.weights import load_timm_pretrained, load_weights
 
 
 def create_model(
@@ -23,6 +27,9 @@ def create_model(
     norm_pix_loss: bool = False,
     task_classes: Sequence[int] | None = None,
     packed_attention: str = "auto",
+    pretrained: bool = False,
+    pretrained_path: str | os.PathLike | None = None,
+    pretrained_cfg_overlay: Mapping | None = None,
     **vit_overrides,
 ) -> MixMAE:
     """Build a MixMAE from a timm ViT name (random init) or an existing VisionTransformer.
@@ -38,6 +45,15 @@ def create_model(
         task_classes: classes per task for K heads (head 0 first); overrides num_classes.
         packed_attention: "auto" | "varlen" | "sdpa", attention of the packed mixed step
             (see MixMAE._use_varlen); also settable later as `model.packed_attention`.
+        pretrained: start from the pretrained weights of `name_or_vit` (a timm name, a tag
+            allowed: "vit_base_patch16_224.mae") through timm's loader and cache;
+            `pretrained_cfg_overlay` goes to timm with it (e.g. dict(file=PATH)).
+        pretrained_path: start from a weights file (MAE checkpoint or encoder, timm state_dict,
+            mixfast last.pt or export; see mixfast.model.weights).
+            With either, the fresh layers are drawn first (seed before calling), the weights are
+            adapted to the model (position and patch embedding, channels, heads) and
+            `model.pretrained_notes` lists what was done; weights that do not fit raise
+            SettingError. Without: `model.pretrained_notes` is [].
         **vit_overrides: other timm kwargs (depth, embed_dim, num_heads, drop_path_rate, ...).
     """
     if task_classes is not None:
@@ -55,11 +71,21 @@ def create_model(
     for name, value in (("in_chans", in_chans), ("patch_size", patch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if pretrained and pretrained_path is not None:
+        raise ValueError("give pretrained=True or pretrained_path, not both")
+    if pretrained_cfg_overlay is not None and not pretrained:
+        raise ValueError("pretrained_cfg_overlay needs pretrained=True")
+    weights_name = None
+    if pretrained:
+        if not isinstance(name_or_vit, str):
+            raise ValueError("pretrained=True needs a timm name; for a ViT instance load it first")
+        weights_name = name_or_vit
+        name_or_vit = split_model_name_tag(name_or_vit)[0]  # the architecture builds the model
     if isinstance(name_or_vit, str):
         vit = create_vit(name_or_vit, img_size, patch_size, in_chans, num_classes, vit_overrides)
     else:
         vit = adopt_vit(name_or_vit, img_size, patch_size, in_chans, num_classes, vit_overrides)
-    return MixMAE(
+    model = MixMAE(
         vit,
         task_classes=task_classes or [vit.num_classes],
         decoder_dim=decoder_dim,
@@ -68,3 +94,12 @@ def create_model(
         norm_pix_loss=norm_pix_loss,
         packed_attention=packed_attention,
     )
+    notes: list[str] = []
+    if weights_name is not None:
+        notes = load_timm_pretrained(
+            model, weights_name, pretrained_cfg_overlay=pretrained_cfg_overlay
+        )
+    elif pretrained_path is not None:
+        notes = load_weights(model, pretrained_path)
+    model.pretrained_notes = notes
+    return model

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mixfast import ops
 from mixfast.model.decoder import MAEDecoder, check_decoder
@@ -170,10 +171,27 @@ class MixMAE(MixedStep, MAEDecoder, nn.Module):
 
     # ----------------------------------------------------------------------------- encoder
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: the encoder blocks keep no activations for the backward and recompute
+        them there (non-reentrant torch.utils.checkpoint per block, in the packed path too)."""
+        self.encoder.set_grad_checkpointing(enable)
+
+    def checkpointing(self) -> bool:
+        """Whether this forward recomputes block activations in the backward."""
+        return bool(self.encoder.grad_checkpointing) and self.training and torch.is_grad_enabled()
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, L, D] through every encoder block (before the final norm)."""
+        if not self.checkpointing():
+            return self.encoder.blocks(x)
+        for block in self.encoder.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Full images -> normed tokens [B, 1 + N, D]; equals timm's `forward_features`."""
         self._check_images(images, "images")
-        x = self.encoder.blocks(self.prepend_cls(self.embed_patches(images)))
+        x = self.run_blocks(self.prepend_cls(self.embed_patches(images)))
         return self.encoder.norm(x)
 
     # ----------------------------------------------------------------------------- heads
@@ -188,7 +206,7 @@ class MixMAE(MixedStep, MAEDecoder, nn.Module):
         """Full images [B, C, H, W] -> logits of head `task` [B, classes]."""
         self._check_task(task)
         self._check_images(images, "images")
-        x = self.encoder.blocks(self.prepend_cls(self.embed_patches(images)))
+        x = self.run_blocks(self.prepend_cls(self.embed_patches(images)))
         return self.head(self.encoder.norm(x[:, 0]), task)
 
     # ----------------------------------------------------------------------------- MAE
@@ -212,7 +230,7 @@ class MixMAE(MixedStep, MAEDecoder, nn.Module):
         spec = _MaskSpec(mask_ratio, seed, offset, masking)
         masking = self._masking(images.shape[0], spec, images.device)
         tokens = self.prepend_cls(self.embed_patches(images, masking.ids_keep))
-        latent = self.encoder.norm(self.encoder.blocks(tokens))
+        latent = self.encoder.norm(self.run_blocks(tokens))
         pred = self.forward_decoder(latent, masking.ids_restore)
         return self.forward_loss(images, pred, masking.mask), pred, masking.mask
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.checkpoint import checkpoint
 
 from mixfast import ops
 from mixfast.model.packed import (
@@ -48,7 +49,8 @@ Encoded = tuple[torch.Tensor | None, MaskingResult | None, list[torch.Tensor]]
 
 
 class MixedStep:
-    """Mixin: `forward_mixed` and the packed encoding of its sub-batches."""
+    """Mixin: `forward_mixed` and the packed encoding of its sub-batches (the blocks run through
+    MixMAE's `run_blocks` / `checkpointing`, so gradient checkpointing covers them too)."""
 
     encoder: VisionTransformer
     num_patches: int
@@ -136,14 +138,14 @@ class MixedStep:
         Returns the block outputs (before the final norm) split back into [B_i, L_i, D].
         """
         if len(seqs) == 1:  # uniform lengths: timm's batched path is the fast one
-            return [self.encoder.blocks(seqs[0])]
+            return [self.run_blocks(seqs[0])]
         shapes = [(s.shape[0], s.shape[1]) for s in seqs]
         x = torch.cat([s.reshape(-1, s.shape[-1]) for s in seqs])
         return self._blocks_packed(x, shapes, _cu_seqlens(shapes, x.device))
 
     def encode_separate(self, seqs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Reference for `encode_packed`: each group through timm's blocks on its own."""
-        return [self.encoder.blocks(s) for s in seqs]
+        return [self.run_blocks(s) for s in seqs]
 
     def _encode(self, seqs: list[torch.Tensor], packed: bool) -> list[torch.Tensor]:
         return self.encode_packed(seqs) if packed else self.encode_separate(seqs)
@@ -155,8 +157,12 @@ class MixedStep:
         layout = PackedLayout(
             shapes, cu_seqlens, max(length for _, length in shapes), self._use_varlen(x)
         )
+        checkpointed = self.checkpointing()
         for block in self.encoder.blocks:
-            x = _block_packed(block, x, layout)
+            if checkpointed:
+                x = checkpoint(_block_packed, block, x, layout, use_reentrant=False)
+            else:
+                x = _block_packed(block, x, layout)
         chunks = x.split([b * length for b, length in shapes])
         return [c.view(b, length, -1) for c, (b, length) in zip(chunks, shapes)]
 

@@ -64,6 +64,10 @@ class MixModel(Protocol):
         """Raise ValueError if a label in int64 [B] is outside [0, task_classes[task])."""
         ...
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: recompute the encoder blocks' activations in the backward."""
+        ...
+
     def export_timm(self) -> nn.Module:
         """A standalone timm model (for MixMAE a VisionTransformer): the encoder and head 0."""
         ...

@@ -18,11 +18,13 @@ from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS, MixSchedule
 
 NONFINITE = ("stop", "skip")
+RESUME = (True, False, "auto")
 COMPILE = ("auto", True, False)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 # Settings that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "progress", "log_every", "num_workers", "stop_after", "device"}
-RESUMABLE |= {"compile", "compile_backend", "augment", "cuda_graph"}
+RESUMABLE |= {"save_every", "tensorboard", "recon_every"}
+RESUMABLE |= {"compile", "compile_backend", "augment", "cuda_graph", "grad_checkpointing"}
 # finetune_from (the phase that opens the fine-tune optimizer) -> optimizer stage -> its phases
 STAGES = {
     "mix": {"pretrain": ("ssl",), "finetune": ("mix", "sl")},
@@ -61,7 +63,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # per optimizer stage
     finetune_from: str = "mix"  # "mix" | "sl": the phase that opens the fine-tune optimizer
     weight_decay: float = 0.05
-    layer_decay: float | None = None  # None: 0.75 after pre-training, 1.0 for "sl"
+    layer_decay: float | None = None  # None: 0.75 after pre-training or from weights, else 1.0
     label_smoothing: float = 0.1  # SL-phase cross-entropy
     clip_grad: float | None = None  # max grad norm; None or 0 = off
     seed: int = 0
@@ -70,14 +72,19 @@ class TrainConfig:
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager" to debug)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     cuda_graph: bool = False  # capture each phase's whole step once, replay it (CUDA only)
+    tensorboard: bool = False  # also TensorBoard event files in out/tensorboard/ (main rank)
+    recon_every: int = 1  # a reconstruction grid every N SSL/mix epochs and at the end; 0: none
+    grad_checkpointing: bool = False  # recompute encoder block activations in the backward
     out: str | None = None  # run folder; None writes nothing
-    resume: bool = False
+    resume: bool | str = False  # True: continue DIR/last.pt; "auto": continue it when it exists
     nonfinite: str = "stop"  # "stop" | "skip"
     num_workers: int = 0
     log_every: int = 50
     progress: bool = True
     task_weights: list[float] | None = None
     stop_after: int = 0  # stop (with a checkpoint) after this many optimizer steps; 0 = never
+    save_every: int = 0  # a checkpoint every this many optimizer steps too; 0 = epoch ends only
+    pretrained_weights: bool = False  # the model starts from weights (set by the run, no flag)
     augment: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     def validate(self) -> None:
@@ -89,13 +96,16 @@ class TrainConfig:
         check_choice("finetune_from", self.finetune_from, FINETUNE_FROM)
         check_choice("compile", self.compile, COMPILE)
         check_choice("cuda_graph", self.cuda_graph, (True, False))
+        check_choice("tensorboard", self.tensorboard, (True, False))
+        check_choice("grad_checkpointing", self.grad_checkpointing, (True, False))
         check_int("ssl_epochs", self.ssl_epochs, 0)
         check_int("sl_epochs", self.sl_epochs, 1)
         if self.pipeline != "sl" and self.ssl_epochs < 1:
             raise ValueError(f"ssl_epochs must be >= 1 for pipeline {self.pipeline!r}")
         for name in ("batch_size", "accum_steps", "log_every"):
             check_int(name, getattr(self, name), 1)
-        for name in ("seed", "num_workers", "stop_after"):
+        check_choice("resume", self.resume, RESUME)
+        for name in ("seed", "num_workers", "stop_after", "save_every", "recon_every"):
             check_int(name, getattr(self, name), 0)
         check_number("mix_ratio", self.mix_ratio, 0.0, 1.0)
         check_number("alpha_constant", self.alpha_constant, 0.0, 1.0)
@@ -123,7 +133,7 @@ class TrainConfig:
                 f"task_weights must be a non-empty list of weights >= 0, got {self.task_weights}"
             )
         if self.resume and not self.out:
-            raise ValueError("resume=True needs out (the run folder holding last.pt)")
+            raise ValueError(f"resume={self.resume!r} needs out (the run folder holding last.pt)")
         if self.augment is not None and not callable(self.augment):
             raise ValueError(f"augment must be callable(images) -> images, got {self.augment!r}")
 

@@ -66,10 +66,25 @@ def init_distributed(device: str) -> Dist:
         return Dist()
     created = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if wants_cuda(device) else "gloo")
+        rank = env_rank()
+        dist.init_process_group(
+            "nccl" if wants_cuda(device) else "gloo",
+            store=attempt_store(rank, world),
+            rank=rank,
+            world_size=world,
+        )
         created = True
     local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     return Dist(dist.get_world_size(), dist.get_rank(), local, created)
+
+
+def attempt_store(rank: int, world: int) -> dist.Store:
+    """torchrun's store under a prefix of this attempt. torchrun --max-restarts keeps one store
+    for every attempt; without the prefix a restarted worker can read a dead worker's address
+    from the attempt before and fail to connect (seen with gloo: "connectFullMesh failed")."""
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"mixfast/attempt-{attempt}", store)
 
 
 def resolve_device(name: str, d: Dist) -> torch.device:

@@ -31,6 +31,11 @@ class OptimizerStages:
         self.name: str | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr: float | None = None
+        # --tensorboard's gradient norm: summed on the device every step, read (a host sync)
+        # only where the trainer syncs anyway (every log_every steps); not checkpointed
+        self.track_norm = config.tensorboard
+        self._norm_sum: torch.Tensor | float = 0.0
+        self._norm_steps = 0
 
     def enter(self, phase: str) -> bool:
         """Open `phase`'s stage unless it is the current one; True when a new one opened."""
@@ -64,16 +69,30 @@ class OptimizerStages:
     def step(self) -> bool:
         """Clip (clip_grad), update and zero the gradients; with nonfinite="skip" a step whose
         gradient norm is not finite is dropped (a host sync): returns False then."""
-        cfg = self.config
+        cfg, norm = self.config, None
+        params = [p for p in self.trainable if p.grad is not None]
         if cfg.clip_grad or cfg.nonfinite == "skip":
-            params = [p for p in self.trainable if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf, foreach=True)
             if cfg.nonfinite == "skip" and not torch.isfinite(norm).item():
                 self.optimizer.zero_grad(set_to_none=True)
                 return False
+        elif self.track_norm:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if self.track_norm:
+            self._norm_sum = self._norm_sum + norm.detach()
+            self._norm_steps += 1
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return True
+
+    def take_mean_norm(self) -> float | None:
+        """Mean gradient norm (before clipping) of the steps since the last call; a host sync.
+        None when not tracked or no step was taken (CUDA-graphed steps are not tracked)."""
+        if not self.track_norm or not self._norm_steps:
+            return None
+        mean = float(self._norm_sum) / self._norm_steps
+        self._norm_sum, self._norm_steps = 0.0, 0
+        return mean
 
     def state_dict(self) -> dict[str, Any]:
         state = self.optimizer.state_dict() if self.optimizer else None

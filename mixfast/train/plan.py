@@ -114,10 +114,11 @@ def resolve_plan(
 def _stage_plans(
     config: TrainConfig, schedule: MixSchedule, epoch_steps: tuple[int, ...], effective: int
 ) -> dict[str, StagePlan]:
-    """The optimizer stages that have steps; layer decay 0.75 after pre-training, else 1.0."""
+    """The optimizer stages that have steps; layer decay 0.75 after pre-training or from
+    pretrained weights, else 1.0."""
     layer_decay = config.layer_decay
     if layer_decay is None:
-        layer_decay = 0.75 if schedule.ssl_epochs > 0 else 1.0
+        layer_decay = 0.75 if schedule.ssl_epochs > 0 or config.pretrained_weights else 1.0
     stages = {}
     for stage, phases in optimizer_stages(config.finetune_from).items():
         epochs = sum(p.epochs for p in schedule.phases if p.name in phases)

@@ -6,6 +6,13 @@ writes DIR/config.json at the start and DIR/result.json at the end. Its state (`
 `totals`) goes into the checkpoint, so a resumed run rewrites metrics.jsonl from the
 checkpoint: a crash between a metrics line and its checkpoint never leaves a row twice. Only
 the main rank writes.
+
+It also redraws DIR/curves.png from the rows at every epoch's end, writes the pictures it is
+given (`add_picture`: the reconstruction grids of pictures.py) and, with `tensorboard`, holds a
+SummaryWriter on DIR/tensorboard/: per epoch the scalars `epoch/*`, every `log_every` steps the
+running means `step/*` (read at the trainer's periodic host sync), the grids as the image
+`recon` and config.json's content as the text `config`. Its steps are optimizer steps; a
+resumed run purges the events after its checkpoint's step, so none is counted twice.
 """
 
 from __future__ import annotations
@@ -17,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from mixfast import checkpoint as ckpt
+from mixfast.checks import SettingError
 from mixfast.schedule import EpochSpec, MixSchedule
+from mixfast.train.pictures import curves_png, png_bytes
 from mixfast.train.plan import RunPlan
+
+TENSORBOARD_INSTALL = "pip install tensorboard (or: pip install -e '.[tensorboard]')"
 
 
 @dataclass
@@ -61,11 +72,31 @@ class EpochReport:
     passes: tuple[int, int]  # (SSL, SL) sample passes of the epoch (MixSchedule.sample_passes)
 
 
-class RunLog:
-    """Rows and totals of a run on `plan`; files in `folder` (None: nothing written)."""
+def summary_writer_class() -> type:
+    """torch's SummaryWriter; SettingError naming --tensorboard when tensorboard is missing."""
+    try:
+        import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise SettingError(
+            f"{{tensorboard}} needs the tensorboard package, which is not installed ({exc}); "
+            f"install it with: {TENSORBOARD_INSTALL}"
+        ) from exc
+    return SummaryWriter
 
-    def __init__(self, schedule: MixSchedule, plan: RunPlan, folder: Path | None) -> None:
+
+class RunLog:
+    """Rows and totals of a run on `plan`; files in `folder` (None: nothing written);
+    `tensorboard`: also event files in folder/tensorboard/ (checked here: the package is
+    installed)."""
+
+    def __init__(
+        self, schedule: MixSchedule, plan: RunPlan, folder: Path | None, tensorboard: bool = False
+    ) -> None:
         self.plan, self.folder = plan, folder
+        self._writer_class = summary_writer_class() if tensorboard else None
+        self.writer: Any = None  # the SummaryWriter, from start() to close()
+        self._step_logged = -1
         self.rows: list[dict[str, Any]] = []
         self.totals: dict[str, Any] = {
             "phase_wall_s": {p.name: 0.0 for p in schedule.phases},
@@ -83,13 +114,22 @@ class RunLog:
         self.totals, self.rows = state["totals"], state["rows"]
         self.totals.setdefault("step_flops", {})
 
-    def start(self, config: dict[str, Any]) -> None:
-        """DIR/config.json (the settings and the plan) and DIR/metrics.jsonl from the rows."""
+    def start(self, config: dict[str, Any], global_step: int = 0) -> None:
+        """DIR/config.json (the settings and the plan) and DIR/metrics.jsonl from the rows;
+        the TensorBoard writer of a run at optimizer step `global_step`."""
         if self.folder is None:
             return
-        ckpt.write_json(self.folder / "config.json", {**config, "resolved": self.plan.to_dict()})
+        resolved = {**config, "resolved": self.plan.to_dict()}
+        ckpt.write_json(self.folder / "config.json", resolved)
         lines = "".join(json.dumps(row) + "\n" for row in self.rows)
         ckpt.write_text(self.folder / "metrics.jsonl", lines)
+        if self._writer_class is not None and self.writer is None:
+            purge = global_step + 1 if global_step else None  # a resumed run's later events
+            self.writer = self._writer_class(str(self.folder / "tensorboard"), purge_step=purge)
+            text = json.dumps(resolved, indent=2, default=str)
+            code = "".join(f"    {line}\n" for line in text.split("\n"))  # markdown code block
+            self.writer.add_text("config", code, global_step)
+            self._step_logged = global_step
 
     def add_epoch(self, report: EpochReport) -> dict[str, Any]:
         """Add an epoch to the totals and write its metrics row; returns the row."""
@@ -123,7 +163,68 @@ class RunLog:
         if self.folder is not None:
             with open(self.folder / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
+            curves = curves_png(self.rows, self.plan.stage_of)
+            ckpt.write_atomic(self.folder / "curves.png", lambda h: h.write(curves), binary=True)
+        self._add_epoch_scalars(row)
         return row
+
+    def _add_epoch_scalars(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        scalars = {
+            "loss": row["loss"],
+            "loss_ssl": row["loss_ssl"],
+            "loss_sl": row["loss_sl"],
+            "val_top1": row["val_top1"],
+            "alpha": row["alpha"][-1] if row["alpha"] else None,  # a(t) at the epoch's end
+            "lr": row["lr"],
+            "images_per_s": row["images_per_s"],
+            "epoch": row["epoch"],
+        }
+        tasks = row["val_top1_tasks"] or []
+        scalars.update(
+            {f"val_top1_task{k}": v for k, v in enumerate(tasks) if k and len(tasks) > 1}
+        )
+        for name, value in scalars.items():
+            if value is not None:
+                self.writer.add_scalar(f"epoch/{name}", value, row["global_step"])
+        self.writer.flush()
+
+    def add_step(self, phase: str, global_step: int, meters: Any, stages: Any) -> None:
+        """TensorBoard `step/*`: this rank's running mean losses of the epoch so far
+        (`meters.local_means()`, read only with a writer), the lr and the mean gradient norm
+        since the last log (`stages.take_mean_norm()`), once per step."""
+        if self.writer is None or global_step == self._step_logged:
+            return
+        self._step_logged = global_step
+        means = meters.local_means()
+        scalars = {"loss": means["loss"], "lr": stages.lr, "grad_norm": stages.take_mean_norm()}
+        scalars["loss_ssl"] = means["ssl"] if phase != "sl" else None
+        scalars["loss_sl"] = means["sl"] if phase != "ssl" else None
+        for name, value in scalars.items():
+            if value is not None:
+                self.writer.add_scalar(f"step/{name}", value, global_step)
+
+    def add_picture(
+        self, names: list[str], grid: Any, global_step: int, tag: str = "recon"
+    ) -> None:
+        """A uint8 picture ([H, W] or [H, W, 3]) as DIR/<name> for each name, and as the
+        TensorBoard image `tag` at `global_step`."""
+        if self.folder is None:
+            return
+        data = png_bytes(grid)
+        for name in names:
+            ckpt.write_atomic(self.folder / name, lambda h: h.write(data), binary=True)
+        if self.writer is not None:
+            formats = "HW" if grid.ndim == 2 else "HWC"
+            self.writer.add_image(tag, grid, global_step, dataformats=formats)
+            self.writer.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (flushing its events); safe to call again."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def step_flops(self, phase: str) -> float | None:
         return self.totals["step_flops"].get(phase)
@@ -166,6 +267,9 @@ class RunLog:
         )
 
     def finish(self, result: TrainResult) -> None:
-        """DIR/result.json."""
+        """DIR/result.json (and the TensorBoard writer closed)."""
         if self.folder is not None:
             ckpt.write_json(self.folder / "result.json", result.to_dict())
+        if self.writer is not None and result.test_top1 is not None:
+            self.writer.add_scalar("final/test_top1", result.test_top1, result.global_step)
+        self.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mixfast.checks import SettingError, check_choice
@@ -78,9 +79,12 @@ class ModelConfig:
     num_heads: int | None = None
     decoder_dim: int | None = None
     decoder_depth: int | None = None
+    pretrained: bool = False  # start from the model's timm pretrained weights (timm's cache)
+    pretrained_path: str | None = None  # start from a weights file (mixfast/model/weights.py)
 
     def validate(self) -> None:
-        """Sizes >= 1 and a width divisible by the heads, before any data is read."""
+        """Sizes >= 1, a width divisible by the heads and one existing source of weights,
+        before any data is read."""
         for name in ("patch_size", *MODEL_OVERRIDES):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -88,6 +92,11 @@ class ModelConfig:
         width, heads = self.embed_dim, self.num_heads
         if width is not None and heads is not None and width % heads:
             raise SettingError(f"{{embed_dim}} {width} must be divisible by {{num_heads}} {heads}")
+        if self.pretrained and self.pretrained_path is not None:
+            raise SettingError("give {pretrained} or {pretrained_path}, not both")
+        path = self.pretrained_path
+        if path is not None and not Path(path).is_file():
+            raise SettingError(f"{{pretrained_path}} {path}: no such file")
 
     def overrides(self) -> dict[str, int]:
         """create_model keyword overrides that are set."""

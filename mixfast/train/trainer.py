@@ -10,6 +10,7 @@ checkpoint. The jobs around that loop belong to components, each owning its stat
     StepRunner (step_runner.py)        one step: eager, accumulated, compiled or CUDA-graphed
     Meters, Position (meters.py)       device-side sums of the epoch; where the run is
     RunLog (run_log.py)                rows, totals, config.json, metrics.jsonl, result.json
+    Pictures (pictures.py)             recon-*.png grids; RunLog: curves.png, TensorBoard
     Checkpointer (checkpointer.py)     DIR/last.pt from each component's state_dict
     StopRequests (stopping.py)         SIGINT / SIGTERM / stop_after at a step boundary
 
@@ -42,6 +43,7 @@ from mixfast.train.meters import Meters, Position, progress_bar
 from mixfast.train.mix_steps import MixSteps
 from mixfast.train.objectives import PhaseBatches
 from mixfast.train.optimizer_stage import OptimizerStages
+from mixfast.train.pictures import Pictures
 from mixfast.train.plan import RunPlan, resolve_plan
 from mixfast.train.run_log import EpochReport, RunLog, TrainResult
 from mixfast.train.step_runner import StepRunner
@@ -136,6 +138,7 @@ class MixTrainer:
         cfg, d = self.config, self.dist
         torch.manual_seed(cfg.seed)
         self.model = self._build_model(sl_list[0]).to(device)
+        self.model.set_grad_checkpointing(cfg.grad_checkpointing)
         self.batches = self._phase_batches(device, ssl_data, sl_list)
         check_labels(self.batches.sl_streams, getattr(self.model, "task_classes", None))
         evals = dict(batch_size=2 * cfg.batch_size, rank=d.rank, world=d.world, device=device)
@@ -172,7 +175,8 @@ class MixTrainer:
             self._skipped_step,
         )
         writes = self.folder.path if self.folder is not None and d.main else None
-        self.log = RunLog(self.schedule, self.plan, writes)
+        self.log = RunLog(self.schedule, self.plan, writes, cfg.tensorboard)
+        self.pictures = Pictures(self.model, cfg, self.log, (*val_list, ssl_data, *sl_list))
         components = [self.stages, self.position, self.batches, self.meters, self.log]
         self.checkpointer = Checkpointer(
             self.model, components, cfg, self.plan, self.folder, d.main
@@ -216,10 +220,11 @@ class MixTrainer:
         try:
             if self._owns_folder and self.dist.main:
                 self.folder.claim()
-            self.log.start(self.config.to_dict())
+            self.log.start(self.config.to_dict(), self.position.global_step)
             with self.stops.catching_signals():
                 return self._run_epochs()
         finally:
+            self.log.close()
             if self._owns_folder and self.dist.main:
                 self.folder.release()
             self.dist.close()
@@ -273,6 +278,11 @@ class MixTrainer:
                 bar.close()
                 self._stop(spec)
                 return True
+            if self._periodic_save_due(last):
+                self.meters.train_s += time.perf_counter() - clock
+                self._check(spec)  # never a non-finite state in last.pt
+                self.checkpointer.save()
+                clock = time.perf_counter()
         bar.close()
         self._sync()
         self.meters.train_s += time.perf_counter() - clock
@@ -297,6 +307,7 @@ class MixTrainer:
             passes=self._passes(spec, steps),
         )
         self.log.add_epoch(report)
+        self.pictures.after_epoch(spec, self.position.global_step)  # recon-*.png, main rank
         self.meters.end_epoch()
         self.position.epoch += 1
         self.position.step_in_epoch = 0
@@ -329,8 +340,14 @@ class MixTrainer:
         where = f"phase {spec.phase}, epoch {self.position.epoch + 1}"
         if self.config.nonfinite == "stop":
             self.meters.raise_if_nonfinite(where, self.config.out)
+        self.log.add_step(spec.phase, self.position.global_step, self.meters, self.stages)
         if bar is not None and not bar.disable:
             self.meters.show(bar, clock, sum(self._passes(spec, self.position.step_in_epoch)))
+
+    def _periodic_save_due(self, last_in_epoch: bool) -> bool:
+        """save_every: a mid-epoch checkpoint every N steps (an epoch's end saves anyway)."""
+        every = self.config.save_every
+        return bool(every) and not last_in_epoch and self.position.global_step % every == 0
 
     def _skipped_step(self) -> None:
         pos = self.position
