@@ -19,48 +19,22 @@ pytest:  pytest benchmarks/bench_launches.py   (tiny model, eager, CPU)
 from __future__ import annotations
 
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
 
 import harness
 import torch
 from harness import Column
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import TensorDataset
 
 from mixfast.model import create_model
+from mixfast.profile import LAUNCH_CALLS, ComputeOps  # bench_cast_once, bench_optimizer use it
 from mixfast.train import MixTrainer, TrainConfig
 from mixfast.train.step_runner import StepRunner
 
 PHASES = ("ssl", "mix", "sl")
 MODES = ("eager", "compiled", "graphed", "compiled+graphed")
-METADATA_OPS = {
-    "view", "_unsafe_view", "reshape", "expand", "permute", "transpose", "t", "unsqueeze",
-    "squeeze", "slice", "select", "split", "split_with_sizes", "unbind", "as_strided", "alias",
-    "detach", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "unfold",
-    "_reshape_alias", "lift_fresh", "numpy_T", "chunk", "narrow", "diagonal",
-}  # fmt: skip
-LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaLaunchKernelExC")
-
-
-class ComputeOps(TorchDispatchMode):
-    """Counts the aten ops that would launch a kernel (metadata ops excluded), in all and by
-    name (`counts`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[str] = Counter()
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts.values())
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name not in METADATA_OPS:
-            self.counts[name] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def cuda_counts(step) -> dict[str, int]:

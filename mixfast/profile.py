@@ -75,7 +75,8 @@ METADATA = {
     "resolve_neg", "flatten", "unflatten", "view_as", "expand_as", "movedim", "result_type",
     "set", "record_stream",
 }  # fmt: skip
-# aten ops with no kernel of their own, left out of the CPU launch count (bench_launches.py's list)
+# aten ops with no kernel of their own, left out of the CPU launch count (also
+# benchmarks/bench_launches.py's, which imports them from here)
 METADATA_OPS = {
     "view", "_unsafe_view", "reshape", "expand", "permute", "transpose", "t", "unsqueeze",
     "squeeze", "slice", "select", "split", "split_with_sizes", "unbind", "as_strided", "alias",
@@ -331,11 +332,16 @@ def sync(device: torch.device) -> None:
 
 
 class ComputeOps(TorchDispatchMode):
-    """Counts the aten ops that would each launch a kernel (METADATA_OPS left out)."""
+    """Counts the aten ops that would each launch a kernel (METADATA_OPS left out), in all
+    (`count`) and by name (`counts`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[str] = Counter()
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__

@@ -220,10 +220,7 @@ COLORS = {"sl": "tab:gray", "ssl+sl": "tab:blue", "mix": "tab:red"}
 def plot(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
     """One column per (regime, fraction); top row: test top-1 against training TFLOPs, bottom
     row: against training seconds; one line per pipeline through its budgets (seed means)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     panels = sorted({_group_key(r)[:2] for r in runs})
     tasks = max((len(r.get("top1_tasks") or []) for r in runs), default=1)
@@ -247,21 +244,14 @@ def plot(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(f"{settings['dataset']} on {settings['device']}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, f"{settings['dataset']} on {settings['device']}")
 
 
 def plot_curves(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> None:
     """Each run's validation top-1 against its epoch (the rows of its metrics.jsonl), one
     column per (regime, fraction), a colour per pipeline, a line per seed and budget: beside
     compare.png, to see whether a pipeline was still rising or had peaked when it stopped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     panels = sorted({_group_key(r)[:2] for r in runs})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
@@ -277,11 +267,25 @@ def plot_curves(runs: Sequence[Run], path: Path, settings: dict[str, Any]) -> No
         ax.set_xlabel("epoch of the plan")
         ax.set_ylabel("validation top-1 (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{settings['dataset']}: validation top-1 of every run", fontsize=10)
+    _save(fig, path, f"{settings['dataset']}: validation top-1 of every run")
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no screen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, title: str) -> None:
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def _frontier(runs: list[Run], pipeline: str, cost_key: str) -> list[tuple[float, float]]:
