@@ -177,15 +177,11 @@ def grid_array(rows: Sequence[torch.Tensor]) -> np.ndarray:
 
 
 def reconstruction_grid(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    mask_ratio: float,
-    mean: Any = None,
-    std: Any = None,
-    autocast: Callable[[], Any] | None = None,
+    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mean: Any = None, std: Any = None
 ) -> np.ndarray:
-    """The uint8 grid of ROWS for `images` (model-input units) under the fixed masks."""
-    originals, pixels, pasted = reconstruction_rows(model, images, mask_ratio, autocast=autocast)
+    """The uint8 grid of ROWS from `reconstruction_rows`' (originals, pixel mask,
+    reconstructions) in model-input units; `mean` / `std` undo the dataset's normalisation."""
+    originals, pixels, pasted = rows
     span = (float(originals.min()), float(originals.max()))
     shown = to_display(originals, mean, std, span)
     masked = torch.where(pixels.cpu() > 0, torch.full_like(shown, MASKED_GREY), shown)
@@ -243,7 +239,8 @@ class Pictures:
             images, mean, std = self._images
             amp = self.plan.amp
             autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else None
-            grid = reconstruction_grid(self.model, images, self.mask_ratio, mean, std, autocast)
+            rows = reconstruction_rows(self.model, images, self.mask_ratio, autocast=autocast)
+            grid = reconstruction_grid(rows, mean, std)
         except Exception as exc:  # noqa: BLE001 - pictures are a view of the run, not the run
             warnings.warn(
                 f"mixfast: no reconstruction pictures from here on: {type(exc).__name__}: {exc}",
