@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from _backends import tf32_off
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from mixfast import random_masking
@@ -410,18 +409,6 @@ def test_packed_step_on_triton_kernels(triton_device, monkeypatch, shared):
         assert_same_step(packed, separate, atol=1e-4)
     else:  # fp32 dots of Triton may run in TF32 on a GPU
         assert_same_step(packed, separate, atol=5e-3, rtol=1e-2)
-
-
-@contextlib.contextmanager
-def tf32_off():
-    """TF32 off for cuDNN and cuBLAS (cuDNN convs use it by default), restored by assignment:
-    these flags are properties, which monkeypatch's undo (pytest >= 9.2) deletes."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def assert_error_relative(name, got, same, exact, dtype):

@@ -3,10 +3,9 @@ opcheck and torch.compile, and the Triton kernels (marked `triton`) against the 
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
+from _backends import tf32_off
 from timm.layers import PatchEmbed
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -335,18 +334,6 @@ def force_triton(monkeypatch):
     monkeypatch.setenv("MIXFAST_BACKEND", "triton")
     with tf32_off():
         yield
-
-
-@contextlib.contextmanager
-def tf32_off():
-    """TF32 off for cuDNN and cuBLAS, restored by assignment: these flags are properties of
-    torch.backends objects, which monkeypatch's undo (pytest >= 9.2) deletes instead."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 # (batch, channels, size, patch, dim, keep): C*p*p = 48, 49, 16, 147, 192; odd D; B = 1; K = 1

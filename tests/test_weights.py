@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from _tiny import TINY_KWARGS
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models._manipulate import adapt_input_conv
@@ -23,18 +24,7 @@ from mixfast.train.config import TrainConfig
 from mixfast.train.plan import resolve_plan
 from mixfast.train.settings import DataConfig, ModelConfig, RunSpec
 
-SMALL = dict(
-    img_size=16,
-    patch_size=4,
-    in_chans=1,
-    num_classes=4,
-    depth=2,
-    embed_dim=32,
-    num_heads=2,
-    decoder_dim=16,
-    decoder_depth=1,
-    decoder_heads=2,
-)
+SMALL = TINY_KWARGS  # the tiny ViT of tests/_tiny.py
 # the model of tests/test_reliability.py's TINY runs (synthetic data: 10 classes, 1x16x16)
 TINY_MODEL = dict(
     img_size=16,
