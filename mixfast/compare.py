@@ -19,6 +19,7 @@ from mixfast import experiment
 from mixfast.checkpoint import read_json, write_json
 from mixfast.checks import SettingError
 from mixfast.data import dataset_of
+from mixfast.health import run_health
 from mixfast.train import train
 from mixfast.train.settings import RunSpec
 
@@ -39,10 +40,7 @@ COMPARE_DEFAULTS: dict[str, Any] = {
     "out": "runs/compare",
     "train_limit": 33000,
     "seeds": [0, 1],
-    "ssl_epochs": 3,
-    "sl_epochs": 6,
     "mix_ratio": 0.5,
-    "batch_size": 128,
     "blr": 1e-2,
     "ssl_blr": 1e-2,
     "depth": 3,
@@ -63,6 +61,7 @@ class CompareConfig:
     pipelines: tuple[str, ...] = ("sl", "ssl+sl", "mix")
     regimes: tuple[str, ...] = ("data-limited",)
     budgets: tuple[int, ...] | None = None  # epochs of each objective; None: the config's
+    seed_counts: dict[float, int] = dataclasses.field(default_factory=dict)  # fraction -> N
     warmup: bool = True  # one untimed step of every pipeline and phase first
     resume: bool = False  # reuse finished runs, continue stopped ones
     force: bool = False  # run again, replacing the run folders
@@ -99,7 +98,8 @@ def run_name(
 
 def grid(cmp: CompareConfig) -> list[Cell]:
     """Every run, in the order they are made: the pipeline order rotates with the seed, so no
-    pipeline always runs first (after the warm-up) or last. Semi-supervised at fraction 1 is
+    pipeline always runs first (after the warm-up) or last. A fraction in seed_counts runs the
+    first N seeds only. Semi-supervised at fraction 1 is
     the data-limited run again (every image is labeled), so it is left out when both run."""
     cells = []
     pipelines = list(cmp.pipelines)
@@ -107,8 +107,9 @@ def grid(cmp: CompareConfig) -> list[Cell]:
         for fraction in cmp.fractions:
             if regime == "semi-supervised" and fraction == 1.0 and len(cmp.regimes) > 1:
                 continue
+            count = (getattr(cmp, "seed_counts", None) or {}).get(fraction, len(cmp.seeds))
             for budget in cmp.budgets or [None]:
-                for k, seed in enumerate(cmp.seeds):
+                for k, seed in enumerate(cmp.seeds[:count]):
                     turn = k % len(pipelines)
                     order = pipelines[turn:] + pipelines[:turn]
                     cells += [Cell(p, regime, fraction, budget, seed) for p in order]
@@ -141,6 +142,7 @@ def warm_up(cmp: CompareConfig, spec: RunSpec, splits: Any) -> None:
     (on CUDA) compilation are warm before the first timed run."""
     spec = spec.replace(data={"fraction": 1.0})
     data = experiment.prepare_data(splits, spec)
+    spec, _ = experiment.with_budget(spec, data)
     few = 2 * spec.train.batch_size
     heads = [task.sl_data for task in data.tasks]
     tiny = [dataset_of(s.images[:few], s.labels[:few], s.mean, s.std) for s in heads]
@@ -167,6 +169,7 @@ def check_cells(cmp: CompareConfig, spec: RunSpec, splits: Any) -> None:
         key = (cell.regime, cell.fraction)
         if key not in datas:
             datas[key] = experiment.prepare_data(splits, run)
+        run, _ = experiment.with_budget(run, datas[key])
         try:
             experiment.check_data_fits(run, datas[key])
         except SettingError as exc:
@@ -191,17 +194,22 @@ def run_all(
         if key not in data_cache:
             data_cache = {key: experiment.prepare_data(splits, run)}
         data = data_cache[key]
+        run, budget = experiment.with_budget(run, data)
         label = f"[{index + 1}/{len(cells)}] {cell.name}"
         result = read_json(run_dir / "result.json") if cmp.resume else None
         if result is None:
             print(f"{label}: {data.summary()}", file=sys.stderr)
+            if budget is not None:
+                print(f"{label}: {budget.describe()}", file=sys.stderr)
             if cmp.force and holds_run(run_dir):
                 shutil.rmtree(run_dir)  # --force: this run starts over
             result, model = _train_cell(run, data)
-            write_json(run_dir / "data.json", experiment.data_record(run, data, model))
+            record = experiment.data_record(run, data, model, budget)
+            write_json(run_dir / "data.json", record)
         else:
             print(f"{label}: reusing {run_dir / 'result.json'}", file=sys.stderr)
-        runs.append(run_record(cell, result, run_dir))
+        val_size = 0 if data.val_data is None else len(data.val_data)
+        runs.append(run_record(cell, result, run_dir, val_size))
         write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs})
     from mixfast.report import summarize
 
@@ -237,9 +245,12 @@ def _train_cell(run: RunSpec, data) -> tuple[dict, Any]:
     return result.to_dict(), model
 
 
-def run_record(cell: Cell, result: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def run_record(
+    cell: Cell, result: dict[str, Any], run_dir: Path, val_size: int = 0
+) -> dict[str, Any]:
     """One row of compare.json: top1 is the test top-1 (read once), val_top1 validation; with
-    several tasks both are the average over tasks (the paper's metric), per task beside them."""
+    several tasks both are the average over tasks (the paper's metric), per task beside them;
+    health, how the validation curve of `val_size` images ended (mixfast/health.py)."""
     tests = [float(t) for t in result["test_top1_tasks"]]
     vals = [float(v) for v in result["top1_tasks"]]
     return {
@@ -256,9 +267,17 @@ def run_record(cell: Cell, result: dict[str, Any], run_dir: Path) -> dict[str, A
         "eval_s": float(result["eval_wall_s"]),
         "flops": int(result["flops"]),
         "passes": dict(result["sample_passes"]),
+        "epochs": {"ssl": resolved_epochs(result, "ssl"), "sl": resolved_epochs(result, "sl")},
+        "batch_size": result["resolved"].get("effective_batch"),
+        "health": run_health(result["epochs"], val_size).to_dict(),
         "run_dir": str(run_dir),
         "result": {k: jsonable(v) for k, v in result.items()},
     }
+
+
+def resolved_epochs(result: dict[str, Any], objective: str) -> int:
+    """The epochs a run's schedule gave `objective` ("ssl" or "sl": its phase or the mix)."""
+    return int(result["resolved"]["schedule"][f"{objective}_epochs"])
 
 
 def jsonable(value: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixfast.budget import AUTO_SETTINGS, Budget, auto_budget
 from mixfast.checkpoint import read_json
 from mixfast.checks import SettingError
 from mixfast.data import (
@@ -99,6 +100,21 @@ def prepare_data(splits, spec: RunSpec) -> TrainingData:
         specs = [parse_task_spec(text) for text in data.task]
         return prepare_task_data(splits, specs, fraction=data.fraction, **split)
     return prepare_training_data(splits, fraction=data.fraction, per_class=data.per_class, **split)
+
+
+def with_budget(spec: RunSpec, data: TrainingData) -> tuple[RunSpec, Budget | None]:
+    """`spec` with its "auto" settings (spec.auto) sized from `data` by mixfast/budget.py's
+    rule, and the Budget that says how (None when nothing was "auto")."""
+    if not spec.auto:
+        return spec, None
+    train = spec.train
+    given = {name: None if name in spec.auto else getattr(train, name) for name in AUTO_SETTINGS}
+    labeled = max(len(task.sl_data) for task in data.tasks)
+    ssl_images = len(data.sl_data if data.ssl_data is None else data.ssl_data)
+    devices = env_world() * train.accum_steps
+    budget = auto_budget(labeled, ssl_images, devices=devices, **given)
+    sized = {name: getattr(budget, name) for name in spec.auto}
+    return dataclasses.replace(spec.replace(train=sized), auto=()), budget
 
 
 def check_data_fits(spec: RunSpec, data: TrainingData) -> None:
@@ -202,10 +218,13 @@ def weights_record(spec: RunSpec, model: nn.Module | None) -> dict[str, Any]:
 
 
 def data_record(
-    spec: RunSpec, data: TrainingData, model: nn.Module | None = None
+    spec: RunSpec,
+    data: TrainingData,
+    model: nn.Module | None = None,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
     """DIR/data.json: the data and model settings of a run and what they gave (with the built
-    `model`, what its pretrained weights loaded)."""
+    `model`, what its pretrained weights loaded; with an automatic `budget`, how it was sized)."""
     return {
         **spec.data.record(),
         "storage": data.storage,
@@ -224,6 +243,7 @@ def data_record(
         "model": spec.model.model,
         "model_kwargs": model_kwargs(spec.model, data),
         **weights_record(spec, model),
+        "budget": None if budget is None else budget.record(),
     }
 
 
@@ -254,9 +274,8 @@ def setting_differences(
     """(name, recorded, now) of every setting that differs from a run's record: its
     TrainConfig (config.json) and its data.json (data and model)."""
     config = spec.train
-    diffs = [
-        (k, saved_config[k], getattr(config, k)) for k in config.changed_on_resume(saved_config)
-    ]
+    changed = [k for k in config.changed_on_resume(saved_config) if k not in spec.auto]
+    diffs = [(k, saved_config[k], getattr(config, k)) for k in changed]
     return diffs + record_differences(spec, saved_data)
 
 
@@ -285,6 +304,7 @@ __all__ = [
     "open_source",
     "prepare_data",
     "setting_differences",
+    "with_budget",
     "weights_record",
     "with_augment",
     "with_weights",

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mixfast.health import DROP_SE, RISE_SE, summarize_health
 from mixfast.schedule import PIPELINES
-from mixfast.stats import COST_MARGIN, paired_diff, t_quantile_975, verdict
+from mixfast.stats import COST_MARGIN, MIN_VERDICT_SEEDS, paired_diff, t_quantile_975, verdict
 
 Run = dict[str, Any]
 
@@ -39,6 +40,8 @@ def _pipeline_stats(runs: list[Run]) -> dict[str, Any]:
     if all("flops" in r for r in runs):
         stats["flops"] = statistics.fmean(r["flops"] for r in runs)
         stats["passes"] = runs[0].get("passes")
+    if all("health" in r for r in runs):
+        stats["health"] = summarize_health([r["health"]["word"] for r in runs])
     per_task = [r.get("top1_tasks") or [] for r in runs]
     if len(per_task[0]) > 1 and all(len(t) == len(per_task[0]) for t in per_task):
         stats["top1_tasks"] = [_mean_ci(list(values)) for values in zip(*per_task)]
@@ -142,6 +145,16 @@ def _cost_cell(row: dict[str, Any]) -> str:
     return f"{row['cost']} ({measure})" if measure else row["cost"]
 
 
+def _health_cell(row: dict[str, Any], pipelines: Sequence[str]) -> str:
+    """The pipelines whose validation curves did not settle, e.g. "sl still rising 2/3";
+    "settled" when all did; "-" for runs recorded before health was."""
+    healths = {p: row[p]["health"] for p in pipelines if "health" in row.get(p, {})}
+    if not healths:
+        return "-"
+    unsettled = [f"{p} {h}" for p, h in healths.items() if h != "settled"]
+    return "; ".join(unsettled) if unsettled else "settled"
+
+
 def format_table(runs: Sequence[Run], settings: dict[str, Any] | None = None) -> str:
     present = [p for p in PIPELINES if any(r["pipeline"] == p for r in runs)]
     summary = summarize(runs, settings)
@@ -152,7 +165,7 @@ def format_table(runs: Sequence[Run], settings: dict[str, Any] | None = None) ->
     shared_n = len(sizes) == 1
     delta = f"Δ mix-ssl+sl (95% t, n={sizes.pop()})" if shared_n else "Δ mix-ssl+sl (95% t)"
     header += [delta, "verdict", f"cost (±{COST_MARGIN:.0%} equal)", "FLOPs ratio", "time ratio"]
-    header += ["passes ssl/sl"]
+    header += ["passes ssl/sl", "health"]
     lines = []
     for row in summary:
         cells = [row["regime"], f"{row['fraction']:g}"]
@@ -174,6 +187,7 @@ def format_table(runs: Sequence[Run], settings: dict[str, Any] | None = None) ->
         passes = (row.get("mix") or row.get("ssl+sl") or {}).get("passes")
         same = "" if row.get("passes_equal", True) else " (differ!)"
         cells.append(f"{passes['ssl']}/{passes['sl']}{same}" if passes else "-")
+        cells.append(_health_cell(row, present))
         lines.append(cells)
     widths = [max(len(c) for c in col) for col in zip(header, *lines)]
     out = ["  ".join(c.rjust(w) for c, w in zip(header, widths))]
@@ -190,17 +204,25 @@ LEGEND = (
     "training time only on a CUDA device with the pipeline order rotated, else not measured; "
     f"it is equal within {COST_MARGIN:.0%} of 1, lower or higher beyond. win = better at equal "
     "or lower cost; better, dearer = better at higher cost (a trade-off); better (cost not "
-    "measured) = better, cost unknown; tie = interval holds 0; loss = worse. Ratios: mix / "
+    "measured) = better, cost unknown; tie = interval holds 0; loss = worse; inconclusive (n "
+    f"seeds) = fewer than {MIN_VERDICT_SEEDS} seeds: no verdict, whatever the interval. "
+    "Ratios: mix / "
     "ssl+sl (FLOPs: forward + backward model FLOPs; time: training seconds, evaluation apart; "
     "on a CPU shared with other work time is not evidence). passes: sample passes per objective "
     "of mix (equal to ssl+sl's by construction). With several tasks, test % is the average over "
-    "tasks (each task's in brackets, in task order) and Δ is that of the average"
+    "tasks (each task's in brackets, in task order) and Δ is that of the average. health: how "
+    "each pipeline's validation curve ended, against the validation split's standard error se "
+    f"(mixfast/health.py): still rising = its last quarter {RISE_SE:g} se or more above the "
+    f"quarter before (under-trained: raise the budget); peaked early = final {DROP_SE:g} se or "
+    "more below a best before the last quarter (over-fitting); settled otherwise"
 )
 
 
 def print_table(runs: Sequence[Run], settings: dict[str, Any]) -> None:
     seeds = len(settings["seeds"])
-    print(f"\n{settings['dataset']} on {settings['device']}, {seeds} seed(s) per cell")
+    counts = settings.get("seed_counts") or {}
+    fewer = "".join(f", {n} at fraction {f}" for f, n in counts.items())
+    print(f"\n{settings['dataset']} on {settings['device']}, {seeds} seed(s) per cell{fewer}")
     print(format_table(runs, settings))
     print(LEGEND)
 

@@ -27,6 +27,10 @@ BOOTSTRAP_MIN_SEEDS = 5
 # Cost ratios (mix / ssl+sl) within this fraction of 1 are "equal": the shared patch embedding
 # moves the FLOPs ratio between 0.997 and 1.000, which must not decide a verdict.
 COST_MARGIN = 0.01
+# Below this many seeds no verdict is given: with 2 seeds the t interval has one degree of
+# freedom, so its width is luck, and the last bits of floating point that differ between
+# machines flip verdicts (a demo printed "win" on one machine and "tie" on another).
+MIN_VERDICT_SEEDS = 3
 
 
 def t_quantile_975(df: int) -> float:
@@ -115,7 +119,10 @@ class Verdict:
 
 
 def accuracy_of(diff: PairedDiff) -> str:
-    """Accuracy from the t interval: "better" above 0, "worse" below 0, "tie" holding 0."""
+    """Accuracy from the t interval: "better" above 0, "worse" below 0, "tie" holding 0;
+    "inconclusive" from fewer than MIN_VERDICT_SEEDS seeds, whatever the interval."""
+    if diff.n < MIN_VERDICT_SEEDS:
+        return "inconclusive"
     if diff.t_low > 0:
         return "better"
     if diff.t_high < 0:
@@ -140,10 +147,13 @@ def verdict(
 ) -> Verdict:
     """The rule: "win" = better at equal or lower cost; "better, dearer" = better at a cost
     higher than 1 + COST_MARGIN (a trade-off, not a loss); "better (cost not measured)" =
-    better with no cost ratio to weigh (None); "tie" = the t interval holds 0; "loss" = worse.
-    `cost_measure` names what the ratio measures ("FLOPs" or "wall time")."""
+    better with no cost ratio to weigh (None); "tie" = the t interval holds 0; "loss" = worse;
+    "inconclusive (n seeds)" below MIN_VERDICT_SEEDS seeds. `cost_measure` names what the
+    ratio measures ("FLOPs" or "wall time")."""
     accuracy, cost = accuracy_of(diff), cost_of(cost_ratio)
-    if accuracy == "worse":
+    if accuracy == "inconclusive":
+        word = f"inconclusive ({diff.n} seed{'s' if diff.n != 1 else ''})"
+    elif accuracy == "worse":
         word = "loss"
     elif accuracy == "tie":
         word = "tie"

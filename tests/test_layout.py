@@ -15,6 +15,8 @@ LAYERS = {
     "mixfast.stats": 0,
     "mixfast._cuda_home": 0,
     "mixfast.provenance": 0,
+    "mixfast.health": 0,
+    "mixfast.budget": 0,
     "mixfast.ops": 1,
     "mixfast.kernels": 1,
     "mixfast.schedule": 2,

@@ -10,6 +10,7 @@ from mixfast.report import LEGEND, format_table, summarize
 from mixfast.stats import (
     BOOTSTRAP_MIN_SEEDS,
     COST_MARGIN,
+    MIN_VERDICT_SEEDS,
     PairedDiff,
     paired_diff,
     verdict,
@@ -79,9 +80,29 @@ def test_bootstrap_from_five_seeds_labelled():
     assert stored["boot_method"].startswith("percentile bootstrap")
 
 
-def test_one_seed_is_a_tie_whatever_the_cost():
+def test_one_seed_is_inconclusive_whatever_the_cost():
     diff = paired_diff([80.0], [70.0])
-    assert diff.boot_low is None and verdict(diff, 0.5).word == "tie"
+    found = verdict(diff, 0.5)
+    assert diff.boot_low is None and found.word == "inconclusive (1 seed)"
+    assert found.accuracy == "inconclusive"
+
+
+def test_two_seeds_give_no_verdict_however_clear():
+    """Two seeds, mix 10 points ahead both times (a t interval above 0): still no verdict."""
+    diff = paired_diff([80.0, 81.0], [70.0, 70.5])
+    assert diff.t_low > 0
+    found = verdict(diff, 0.5)
+    assert (found.word, found.accuracy) == ("inconclusive (2 seeds)", "inconclusive")
+    assert found.cost == "lower"  # the cost part is still stated
+    assert MIN_VERDICT_SEEDS == 3
+    assert verdict(paired_diff([80.0, 81.0, 80.5], [70.0, 70.5, 70.2]), 0.5).word == "win"
+
+
+def test_two_seed_table_prints_inconclusive():
+    runs = [r for r in runs_without_flops() if r["seed"] < 2]
+    row = summarize(runs, CPU)[0]
+    assert row["verdict"] == "inconclusive (2 seeds)"
+    assert "inconclusive (2 seeds)" in format_table(runs, CPU)
 
 
 def runs_without_flops(wall_mix: float = 1.0) -> list[dict]:
@@ -152,5 +173,6 @@ def test_legend_states_the_rule():
         "only on a CUDA device with the pipeline order rotated",
         "95% t interval",
         "bootstrap from 5 seeds up",
+        "inconclusive (n seeds) = fewer than 3 seeds",
     ):
         assert phrase in LEGEND, phrase

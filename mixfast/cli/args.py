@@ -10,6 +10,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from mixfast.budget import (
+    AUTO,
+    AUTO_SETTINGS,
+    BATCH_CAP,
+    MIN_EPOCH_STEPS,
+    MIN_SL_EPOCHS,
+    SL_STEPS,
+)
 from mixfast.data import DATASETS, REGIMES, SSL_POOLS
 from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS
@@ -30,6 +38,29 @@ def _resume_value(text: str) -> str:
     if text != "auto":
         raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
     return text
+
+
+def _int_or_auto(text: str | int) -> int | str:
+    """An integer, or "auto" (sized from the data: mixfast/budget.py)."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want an integer or 'auto', got {text!r}") from None
+
+
+def auto_flag(help: str) -> dict[str, Any]:
+    """The FlagSpecs entry of a budget setting that defaults to "auto"."""
+    return dict(type=_int_or_auto, default=AUTO, metavar="N|auto", help=help)
+
+
+AUTO_RULE = (
+    f"auto (the default) sizes --batch-size, --ssl-epochs and --sl-epochs from the data: "
+    f"batch <= {BATCH_CAP} keeping >= {MIN_EPOCH_STEPS} steps per epoch, >= {SL_STEPS} SL "
+    f"optimizer steps and >= {MIN_SL_EPOCHS} SL epochs, SSL half of that; the run summary "
+    "prints what it chose"
+).replace("%", "%%")
 
 
 def switch(name: str, help: str) -> dict[str, Any]:
@@ -110,7 +141,9 @@ TRAIN_FLAGS: FlagSpecs = {
         help="SSL sub-batch of a mix step as a share of the batch, in (0, 1] (the SSL passes "
         "it does not make go to the SSL phase)"
     ),
-    "batch_size": dict(help="per device"),
+    "batch_size": auto_flag("per device, or auto (see --sl-epochs)"),
+    "ssl_epochs": auto_flag("SSL epochs (before and in a mix phase), or auto (see --sl-epochs)"),
+    "sl_epochs": auto_flag(f"SL epochs (in and after a mix phase), or {AUTO_RULE}"),
     "blr": dict(help="fine-tune base lr per 256"),
     "ssl_blr": dict(help="pre-train base lr per 256"),
     "out": dict(help="run folder (config, metrics, checkpoint)"),
@@ -277,10 +310,17 @@ def _fields_of(
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed flags (fields absent from `args` keep their defaults)."""
-    config = TrainConfig(**_fields_of(TrainConfig, args, TRAIN_FLAGS))
+    """TrainConfig from parsed flags (fields absent from `args` or "auto" keep their
+    defaults; spec_from_args says which are "auto")."""
+    fields = _fields_of(TrainConfig, args, TRAIN_FLAGS)
+    config = TrainConfig(**{name: v for name, v in fields.items() if v != AUTO})
     config.validate()
     return config
+
+
+def auto_settings(args: argparse.Namespace) -> tuple[str, ...]:
+    """The budget settings left at "auto" in parsed flags."""
+    return tuple(name for name in AUTO_SETTINGS if getattr(args, name, None) == AUTO)
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -290,7 +330,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     if getattr(args, "ssl_pool", None):
         data["regime"] = SSL_POOLS[args.ssl_pool]
     spec = RunSpec(DataConfig(**data), ModelConfig(**_fields_of(ModelConfig, args)))
-    spec = dataclasses.replace(spec, train=config_from_args(args))
+    spec = dataclasses.replace(spec, train=config_from_args(args), auto=auto_settings(args))
     spec.validate()
     return spec
 
@@ -333,6 +373,8 @@ def _typed(action: argparse.Action, value: Any, where: str) -> Any:
 
 def _scalar(action: argparse.Action, value: Any, where: str) -> Any:
     kind = action.type or str
+    if kind is _int_or_auto:
+        kind = int if value != AUTO else _int_or_auto
     if isinstance(value, bool) or (kind in (int, float) and not isinstance(value, int | float)):
         raise UsageError(f"{where} must be a {kind.__name__}, got {value!r}")
     if kind is int and not isinstance(value, int):

@@ -31,7 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("compare")
     group.add_argument(
-        "--fractions", type=float, nargs="+", default=[0.1, 1.0], help="labeled fractions"
+        "--fractions",
+        type=fraction_arg,
+        nargs="+",
+        default=[0.1, 1.0],
+        metavar="FRACTION[:N]",
+        help="labeled fractions; FRACTION:N runs only the first N of --seeds there (fewer "
+        "seeds where runs are dear: such a cell reports its numbers and no verdict below "
+        "3 seeds)",
     )
     group.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds")
     group.add_argument(
@@ -54,7 +61,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         help="epoch budgets: each pipeline runs with ssl_epochs = sl_epochs = B for each B "
-        "(the accuracy-against-cost frontiers); default: --ssl-epochs / --sl-epochs",
+        "(the accuracy-against-cost frontiers); default: --ssl-epochs / --sl-epochs (auto: "
+        "sized from each cell's data)",
     )
     group.add_argument(
         "--no-warmup", action="store_true", help="skip the untimed warm-up before the runs"
@@ -68,7 +76,31 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(**{k: v for k, v in compare.COMPARE_DEFAULTS.items() if k in known})
 
 
+def fraction_arg(text: str | float) -> float | tuple[float, int]:
+    """FRACTION or FRACTION:N (N >= 1 seeds), as --fractions takes them."""
+    fraction, _, seeds = str(text).partition(":")
+    try:
+        return (float(fraction), int(seeds)) if seeds else float(fraction)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want FRACTION or FRACTION:N, got {text!r}") from None
+
+
+def split_fraction_seeds(args: argparse.Namespace) -> None:
+    """--fractions' FRACTION:N entries into args.fractions (floats) and args.seed_counts
+    (fraction -> N), checked against --seeds."""
+    pairs = [item if isinstance(item, tuple) else (item, None) for item in args.fractions]
+    args.fractions = [fraction for fraction, _ in pairs]
+    given = {fraction: n for fraction, n in pairs if n is not None}
+    args.seed_counts = {**getattr(args, "seed_counts", {}), **given}  # idempotent
+    for fraction, n in args.seed_counts.items():
+        if not 1 <= n <= len(args.seeds):
+            raise UsageError(
+                f"--fractions {fraction:g}:{n}: N must be 1 to the {len(args.seeds)} --seeds"
+            )
+
+
 def check_compare_args(args: argparse.Namespace) -> Path:
+    split_fraction_seeds(args)
     for fraction in args.fractions:
         if not 0.0 < fraction <= 1.0:
             raise UsageError(f"--fractions values must be in (0, 1], got {fraction}")
@@ -115,6 +147,7 @@ def compare_config(args: argparse.Namespace) -> compare.CompareConfig:
         pipelines=tuple(args.pipelines),
         regimes=tuple(args.regimes),
         budgets=tuple(args.budgets) if args.budgets else None,
+        seed_counts=dict(args.seed_counts),
         warmup=not args.no_warmup,
         resume=bool(args.resume),
         force=args.force,
@@ -146,8 +179,12 @@ def cmd_compare(args: argparse.Namespace) -> Callable[[], int]:
         "fractions": list(cmp.fractions),
         "budgets": None if cmp.budgets is None else list(cmp.budgets),
         "seeds": list(cmp.seeds),
+        "seed_counts": {str(f): n for f, n in cmp.seed_counts.items()},
         "pipelines": list(cmp.pipelines),
-        "config": {k: compare.jsonable(v) for k, v in dataclasses.asdict(spec.train).items()},
+        "config": {
+            k: "auto" if k in spec.auto else compare.jsonable(v)
+            for k, v in dataclasses.asdict(spec.train).items()
+        },
         "data": experiment.data_record(spec, first),
         "device": compare.describe_device(spec.train.device),
         **provenance(),

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from mixfast import experiment
 from mixfast.checkpoint import RunFolder, write_json
 from mixfast.cli.args import add_run_arguments, spec_from_args
+from mixfast.health import run_health
 from mixfast.train import MixTrainer, distributed
 
 
@@ -49,6 +50,8 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
     if folder.resume:
         experiment.check_data_record(spec, folder.path)
     data = experiment.load_data(spec)
+    spec, budget = experiment.with_budget(spec, data)
+    config = spec.train
     experiment.check_data_fits(spec, data)
     model = experiment.build_model(spec, data)
     config = experiment.with_augment(config, data, spec.data)
@@ -59,9 +62,12 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
     if main_rank:
         folder.claim()  # marker + lock, before the first file is written
         if not folder.resume:
-            write_json(folder.path / "data.json", experiment.data_record(spec, data, model))
+            record = experiment.data_record(spec, data, model, budget)
+            write_json(folder.path / "data.json", record)
         name = spec.data.dataset
         print(f"mixfast train: {config.pipeline} on {name}: {data.summary()}", file=sys.stderr)
+        if budget is not None:
+            print(f"mixfast train: {budget.describe()}", file=sys.stderr)
         for note in getattr(model, "pretrained_notes", []):
             print(f"mixfast train: weights: {note}", file=sys.stderr)
 
@@ -70,6 +76,8 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
             result = trainer.run()
         if main_rank:
             print(f"{top1_line(result, [t.name for t in data.tasks])} -> {config.out}")
+            val_size = 0 if data.val_data is None else len(data.val_data)
+            print(f"validation curve: {run_health(result.epochs, val_size).text}")
         return 0
 
     return work

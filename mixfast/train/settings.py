@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixfast.budget import AUTO_SETTINGS
 from mixfast.checks import SettingError, check_choice
 from mixfast.data import REGIMES
 from mixfast.data.files import MEMORY_CAP_GB
@@ -105,23 +106,30 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run's settings: data, model and training."""
+    """One run's settings: data, model and training. `auto` names the training settings
+    (of mixfast/budget.py's AUTO_SETTINGS) to size from the data before the run
+    (experiment.with_budget); until then `train` holds TrainConfig's defaults for them."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    auto: tuple[str, ...] = ()
 
     def validate(self) -> None:
         self.data.validate()
         self.model.validate()
         self.train.validate()
+        for name in self.auto:
+            check_choice("auto", name, AUTO_SETTINGS)
 
     def replace(self, *, data: dict | None = None, train: dict | None = None) -> RunSpec:
-        """A copy with some data and training settings replaced (a cell of a comparison)."""
+        """A copy with some data and training settings replaced (a cell of a comparison);
+        a training setting given here is no longer "auto"."""
         return RunSpec(
             dataclasses.replace(self.data, **(data or {})),
             self.model,
             dataclasses.replace(self.train, **(train or {})),
+            tuple(name for name in self.auto if name not in (train or {})),
         )
 
 
