@@ -31,15 +31,17 @@ PROTOCOL = (
     "the end of each run. The pipeline order rotates per seed after an untimed warm-up; cost is "
     "training time (evaluation apart) and model FLOPs (forward + backward, load-independent)."
 )
-# `make demo`: the three pipelines at two label fractions of a 33,000-image Fashion-MNIST
-# subset (3,300 of it validation), two seeds, sized for about 8 minutes on 2 CPU cores. The
-# recipe (model, lrs, no augmentation: benchmarks/results/fashion-mnist-recipe-cpu-2026-12-01/;
-# subset, batch 128 and epochs: benchmarks/results/fashion-mnist-demo-batch128-cpu-2026-12-02/)
-# was chosen on validation.
+# compare's defaults: the three pipelines at two label fractions of a 33,000-image Fashion-MNIST
+# subset (3,300 of it validation), three seeds (the fewest that carry a verdict), the budget
+# sized from each cell's data (mixfast/budget.py: 3 SSL + 6 SL epochs at batch 128 at 100 %
+# labels). The recipe (model, lrs, no augmentation:
+# benchmarks/results/fashion-mnist-recipe-cpu-2026-12-01/; subset, batch 128 and epochs:
+# benchmarks/results/fashion-mnist-demo-batch128-cpu-2026-12-02/) was chosen on validation.
+# `make demo` runs them with one seed at 100 % labels (--fractions 0.1 1.0:1) to fit its time.
 COMPARE_DEFAULTS: dict[str, Any] = {
     "out": "runs/compare",
     "train_limit": 33000,
-    "seeds": [0, 1],
+    "seeds": [0, 1, 2],
     "mix_ratio": 0.5,
     "blr": 1e-2,
     "ssl_blr": 1e-2,
