@@ -16,6 +16,8 @@ weights_only=True)` reads it):
     rng            {"torch": CPU generator state, "cuda": list of per-GPU states,
                     "python": random.getstate(), "numpy": numpy's MT19937 state as lists}
     augment_rng    state of the on-device augmentation's own generator (None without one)
+    model_ema      model_ema's {"started": bool, "weights": the EMA model's state_dict} (None
+                   without it); the recipe's other draws are keyed, they have no state
     epoch_state    running sums of the epoch in progress (losses, micro-batches, seconds);
                    None at an epoch boundary
     totals         wall seconds per phase, evaluation seconds, sample-passes per objective

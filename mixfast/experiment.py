@@ -265,6 +265,8 @@ def record_differences(spec: RunSpec, saved: dict[str, Any] | None) -> list[tupl
         value = getattr(spec.model, name)
         if value is not None and kwargs.get(name) != value:
             diffs.append((name, kwargs.get(name), value))
+    if kwargs.get("drop_path_rate", 0.0) != model.drop_path:
+        diffs.append(("drop_path", kwargs.get("drop_path_rate", 0.0), model.drop_path))
     return diffs
 
 

@@ -148,6 +148,17 @@ TRAIN_FLAGS: FlagSpecs = {
     "ssl_blr": dict(help="pre-train base lr per 256"),
     "out": dict(help="run folder (config, metrics, checkpoint)"),
     "stop_after": dict(help=argparse.SUPPRESS),
+    # timm's fine-tune recipe on the SL images (docs/recipe.md); SSL images stay clean
+    "mixup": dict(metavar="ALPHA", help="Mixup alpha, soft targets (0: off; MAE: 0.8)"),
+    "cutmix": dict(metavar="ALPHA", help="CutMix alpha (0: off; MAE: 1.0)"),
+    "aa": dict(metavar="SPEC", help="RandAugment spec, e.g. rand-m9-mstd0.5-inc1 (default: off)"),
+    "reprob": dict(metavar="P", help="random erasing probability per image (MAE: 0.25)"),
+    "model_ema": switch(
+        "--model-ema",
+        "also keep an EMA of the weights from the first mix/SL step; validation and test "
+        "read both, the EMA's top-1 is the run's",
+    ),
+    "model_ema_decay": dict(metavar="DECAY", help="EMA decay in (0, 1) (default: %(default)s)"),
 }
 
 MODEL_FLAGS: FlagSpecs = {
@@ -158,6 +169,9 @@ MODEL_FLAGS: FlagSpecs = {
     "num_heads": dict(help="attention heads (override)"),
     "decoder_dim": dict(help="MAE decoder width"),
     "decoder_depth": dict(help="MAE decoder blocks"),
+    "drop_path": dict(
+        metavar="RATE", help="stochastic depth rate of the encoder (0: off; MAE fine-tune: 0.1)"
+    ),
     "pretrained": switch(
         "--pretrained",
         "start from --model's pretrained weights (a tag allowed: "

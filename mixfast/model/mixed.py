@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.checkpoint import checkpoint
 
@@ -35,6 +34,7 @@ from mixfast.model.packed import (
     _MaskSpec,
     _packed_index,
     _slice_masking,
+    cross_entropy,
     sl_groups,
     task_weights_of,
 )
@@ -82,8 +82,8 @@ class MixedStep:
                 image tensor per task; None / empty for no SL sub-batch. Passing the same tensor
                 object as `ssl_images` embeds the patches once (SSL tokens are a gather).
             labels: int64 [Bs] for task 0 alone, or a list of K tensors (one per head, in task
-                order). Not range-checked here unless `validate=True` (a host sync; see
-                `check_labels`).
+                order); a float tensor [Bs, classes] is a soft target (Mixup's). Not
+                range-checked here unless `validate=True` (a host sync; see `check_labels`).
             alpha: weight of the MAE loss; pass a 0-dim tensor under torch.compile so a new
                 value does not recompile.
             mask_ratio, seed, offset: the MAE masking (`mixfast.random_masking`). Rows
@@ -123,8 +123,8 @@ class MixedStep:
         task_losses = [zero] * self.num_tasks
         for group, cls in zip(groups, sl_cls):
             for task, target in zip(group.tasks, group.labels):
-                logits = self.head(cls, task).float()
-                task_losses[task] = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+                logits = self.head(cls, task)
+                task_losses[task] = cross_entropy(logits, target, label_smoothing)
         parts["sl"] = sum((w * task_losses[k] for k, w in weights.items()), zero)
         parts.update({f"sl_{k}": task_losses[k] for k in range(self.num_tasks)})
         loss = alpha * parts["ssl"] + (1 - alpha) * parts["sl"]
@@ -270,12 +270,14 @@ class MixedStep:
         for group in groups:
             self._check_images(group.images, "sl_images")
             for task, target in zip(group.tasks, group.labels):
-                if target.shape != group.images.shape[:1] or target.is_floating_point():
+                soft = target.is_floating_point()
+                if target.shape[:1] != group.images.shape[:1] or target.dim() != 1 + soft:
                     raise ValueError(
                         f"labels of task {task} must be integer class ids of shape "
-                        f"[{group.images.shape[0]}], got {target.dtype} {list(target.shape)}"
+                        f"[{group.images.shape[0]}] or soft targets [{group.images.shape[0]}, "
+                        f"classes], got {target.dtype} {list(target.shape)}"
                     )
-                if validate:
+                if validate and not soft:
                     self.check_labels(target, task)
 
 

@@ -205,3 +205,16 @@ def task_weights_of(
     if len(task_weights) != tasks:
         raise ValueError(f"task_weights must have {tasks} entries, got {len(task_weights)}")
     return dict(enumerate(task_weights))
+
+
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy of logits [B, K]: on class ids [B] (label-smoothed as
+    F.cross_entropy), or on soft targets [B, K] (Mixup's, already smoothed) as timm's
+    SoftTargetCrossEntropy."""
+    if target.is_floating_point():
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()(logits.float(), target)
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)

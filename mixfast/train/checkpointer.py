@@ -8,6 +8,7 @@ mixfast/checkpoint.py):
     OptimizerStages                stage, optimizer            current stage, AdamW state
     Position (meters.py)           position                    epoch, steps, micro-batches
     PhaseBatches (objectives.py)   streams, augment_rng        data order, augmentation RNG
+    ModelEma (ema.py)              model_ema                   EMA weights (model_ema)
     Meters (meters.py)             epoch_state                 sums of the epoch in progress
     RunLog (run_log.py)            totals, rows                totals, metrics rows so far
     the process                    rng                         torch / CUDA / Python / numpy

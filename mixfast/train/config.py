@@ -16,6 +16,7 @@ import torch
 from mixfast.checks import SettingError, check_choice, check_int, check_number
 from mixfast.model.mae import SL_VIEWS
 from mixfast.schedule import PIPELINES, TRANSITIONS, MixSchedule
+from mixfast.train.recipe import check_aa
 
 NONFINITE = ("stop", "skip")
 RESUME = (True, False, "auto")
@@ -85,6 +86,13 @@ class TrainConfig:
     stop_after: int = 0  # stop (with a checkpoint) after this many optimizer steps; 0 = never
     save_every: int = 0  # a checkpoint every this many optimizer steps too; 0 = epoch ends only
     pretrained_weights: bool = False  # the model starts from weights (set by the run, no flag)
+    # timm's fine-tune recipe on the SL images (mixfast/train/recipe.py, ema.py); off by default
+    mixup: float = 0.0  # Mixup alpha; > 0: on (soft targets)
+    cutmix: float = 0.0  # CutMix alpha; > 0: on (with mixup too: one of the two per batch)
+    aa: str | None = None  # RandAugment spec, e.g. "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.0  # random erasing probability per sample
+    model_ema: bool = False  # also keep an EMA of the weights; its top-1 is the run's
+    model_ema_decay: float = 0.9998
     augment: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     def validate(self) -> None:
@@ -134,8 +142,19 @@ class TrainConfig:
             )
         if self.resume and not self.out:
             raise ValueError(f"resume={self.resume!r} needs out (the run folder holding last.pt)")
+        self._validate_recipe()
         if self.augment is not None and not callable(self.augment):
             raise ValueError(f"augment must be callable(images) -> images, got {self.augment!r}")
+
+    def _validate_recipe(self) -> None:
+        for name in ("mixup", "cutmix"):
+            check_number(name, getattr(self, name), 0.0, math.inf, high_open=True)
+        check_number("reprob", self.reprob, 0.0, 1.0)
+        check_aa(self.aa)
+        check_choice("model_ema", self.model_ema, (True, False))
+        check_number(
+            "model_ema_decay", self.model_ema_decay, 0.0, 1.0, low_open=True, high_open=True
+        )
 
     @classmethod
     def of_schedule(cls, schedule: MixSchedule) -> TrainConfig:

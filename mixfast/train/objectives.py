@@ -14,14 +14,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from mixfast.model import MixModel
+from mixfast.model.packed import cross_entropy
 from mixfast.ops import MaskingResult, random_masking
 from mixfast.ops.cast_once import cast_once
 from mixfast.train.config import TrainConfig
+from mixfast.train.recipe import Recipe
 from mixfast.train.streams import Stream
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -98,7 +99,7 @@ def make_loss(phase: str, cfg: TrainConfig, tasks: int) -> LossFn:
         loss = 0.0
         for k, (images, labels) in enumerate(batch["sl"]):
             logits = net("sl", images, task=k) if tasks > 1 else net("sl", images)
-            ce = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            ce = cross_entropy(logits, labels, cfg.label_smoothing)  # soft targets: Mixup's
             loss = loss + weights[k] * ce
         return loss, {"sl": loss}
 
@@ -123,15 +124,21 @@ def make_loss(phase: str, cfg: TrainConfig, tasks: int) -> LossFn:
 
 class PhaseBatches:
     """The batches of each phase from the SSL stream (None: the SL images serve both
-    objectives) and one SL stream per task, augmented (or normalised) on the device."""
+    objectives) and one SL stream per task, augmented (or normalised) on the device; the SL
+    images through `recipe` (timm's fine-tune augmentations, recipe.py) when it is active."""
 
     def __init__(
         self,
         ssl_stream: Stream | None,
         sl_streams: Sequence[Stream],
         augment: Callable[[torch.Tensor], torch.Tensor] | None,
+        recipe: Recipe | None = None,
     ) -> None:
         self.ssl_stream, self.sl_streams, self.augment = ssl_stream, list(sl_streams), augment
+        self.recipe = recipe or Recipe()
+        if self.recipe.aa:
+            for s in self.sl_streams:  # RandAugment needs uint8 images: refuse before any step
+                self.recipe.rand_augment(s.sample(1)[0], [0], s.mean)
 
     @property
     def streams(self) -> list[Stream]:
@@ -139,7 +146,8 @@ class PhaseBatches:
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint keys "streams" (each stream's place in the data order) and
-        "augment_rng" (the on-device augmentation's generator, None without one)."""
+        "augment_rng" (the on-device augmentation's generator, None without one). The recipe
+        keeps no state: its draws are keyed by sample and micro-batch."""
         generator = self._augment_generator()
         return {
             "streams": {s.name: s.state_dict() for s in self.streams},
@@ -172,14 +180,22 @@ class PhaseBatches:
             streams.insert(0, self.ssl_stream)
         return streams
 
-    def next(self, phase: str, ssl_rows: int | None = None) -> dict[str, Any]:
+    def _prepare(self, stream: Stream, images: torch.Tensor) -> torch.Tensor:
+        return self.augment(images) if self.augment else stream.normalize(images)
+
+    def next(self, phase: str, ssl_rows: int | None = None, offset: int = 0) -> dict[str, Any]:
         """The next micro-batch of `phase`, augmented (or normalised) on the device; a mix
-        batch's SSL sub-batch is its first `ssl_rows` rows (None: all of them)."""
+        batch's SSL sub-batch is its first `ssl_rows` rows (None: all of them). `offset`: the
+        micro-batch's global index (it keys the recipe's Mixup draw)."""
 
-        def prepare(stream: Stream, images: torch.Tensor) -> torch.Tensor:
-            return self.augment(images) if self.augment else stream.normalize(images)
+        def sl(stream: Stream, images, labels, task: int):
+            if labels is None:
+                raise ValueError(f"sl_data task {task} yields no labels")
+            prepare = lambda x: self._prepare(stream, x)  # noqa: E731
+            images = self.recipe.sl_images(images, stream.sample_keys(), prepare, stream.mean)
+            return self.recipe.mix(images, labels, task, self.recipe.mix_key(offset))
 
-        batch = self._assemble(phase, lambda s: s.next(), prepare, ssl_rows)
+        batch = self._assemble(phase, lambda s: s.next(), self._prepare, ssl_rows, sl)
         for k, (_, labels) in enumerate(batch.get("sl", [])):
             if labels is None:
                 raise ValueError(f"sl_data task {k} yields no labels")
@@ -187,28 +203,40 @@ class PhaseBatches:
 
     def sample(self, phase: str, count: int = 2, ssl_rows: int | None = None) -> dict[str, Any]:
         """A batch of `count` samples of `phase` without moving any stream (for the DDP
-        unused-parameter probe and the FLOP count), normalised, not augmented."""
-        return self._assemble(
-            phase, lambda s: s.sample(count), lambda s, x: s.normalize(x), ssl_rows
-        )
+        unused-parameter probe and the FLOP count), normalised, not augmented; with the recipe
+        on, a mix batch's SL images are a tensor of their own, as in training."""
 
-    def _assemble(self, phase: str, take, prepare, ssl_rows: int | None) -> dict[str, Any]:
+        def prepare(stream: Stream, images: torch.Tensor) -> torch.Tensor:
+            return stream.normalize(images)
+
+        def sl(stream: Stream, images, labels, task: int):
+            return prepare(stream, images).clone(), labels
+
+        return self._assemble(phase, lambda s: s.sample(count), prepare, ssl_rows, sl)
+
+    def _assemble(self, phase: str, take, prepare, ssl_rows: int | None, sl) -> dict[str, Any]:
         """{"ssl": images} and/or {"sl": [(images, labels)] per task}: `take(stream)` reads a
-        batch, `prepare(stream, images)` makes it model input. With one source for both
-        objectives a mix batch's SL images are its SSL images (embedded once)."""
+        batch, `prepare(stream, images)` makes it model input, `sl(stream, images, labels,
+        task)` makes SL input with the recipe on. With one source for both objectives and no
+        recipe, a mix batch's SL images are its SSL images (embedded once)."""
         batch: dict[str, Any] = {}
+        recipe = self.recipe.active
+        plain = lambda s, x, y, k: (prepare(s, x), y)  # noqa: E731
+        if phase != "ssl" and recipe:
+            plain = sl
         if phase != "sl":
             src = self.ssl_stream or self.sl_streams[0]
             images, labels = take(src)
             batch["ssl"] = prepare(src, images)
             if self.ssl_stream is None and phase == "mix":
-                batch["sl"] = [(batch["ssl"], labels)]
+                shared = (batch["ssl"], labels) if not recipe else plain(src, images, labels, 0)
+                batch["sl"] = [shared]
         if phase != "ssl":
             first = 1 if "sl" in batch else 0
             tasks = batch.setdefault("sl", [])
-            for s in self.sl_streams[first:]:
+            for k, s in enumerate(self.sl_streams[first:], start=first):
                 images, labels = take(s)
-                tasks.append((prepare(s, images), labels))
+                tasks.append(plain(s, images, labels, k))
         if phase == "mix" and ssl_rows is not None:
             batch["ssl"] = batch["ssl"][:ssl_rows]  # the SL sub-batch keeps every row
         return batch

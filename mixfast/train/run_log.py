@@ -51,6 +51,8 @@ class TrainResult:
     skipped_steps: int
     completed: bool  # False when stopped early (stop_after, a signal)
     resolved: dict[str, Any]  # RunPlan.to_dict()
+    top1_raw: float | None = None  # model_ema: the raw weights' (top1 is then the EMA's)
+    test_top1_raw: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,6 +72,7 @@ class EpochReport:
     train_s: float
     eval_s: float
     passes: tuple[int, int]  # (SSL, SL) sample passes of the epoch (MixSchedule.sample_passes)
+    top1_raw: list[float | None] | None = None  # model_ema: the raw weights' (top1: the EMA's)
 
 
 def summary_writer_class() -> type:
@@ -154,6 +157,7 @@ class RunLog:
             "lr": report.lr,
             "val_top1": report.top1[0] if report.top1 else None,
             "val_top1_tasks": report.top1,
+            "val_top1_raw": report.top1_raw[0] if report.top1_raw else None,
             "train_s": report.train_s,
             "eval_s": report.eval_s,
             "wall_s": totals["wall_s"],
@@ -264,6 +268,8 @@ class RunLog:
             skipped_steps=totals["skipped_steps"],
             completed=completed,
             resolved=self.plan.to_dict(),
+            top1_raw=last.get("val_top1_raw") if last else None,
+            test_top1_raw=(totals.get("test_top1_raw") or [None])[0],
         )
 
     def finish(self, result: TrainResult) -> None:

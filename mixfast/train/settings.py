@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mixfast.budget import AUTO_SETTINGS
-from mixfast.checks import SettingError, check_choice
+from mixfast.checks import SettingError, check_choice, check_number
 from mixfast.data import REGIMES
 from mixfast.data.files import MEMORY_CAP_GB
 from mixfast.data.training import CROP_SCALE
@@ -82,6 +82,7 @@ class ModelConfig:
     decoder_depth: int | None = None
     pretrained: bool = False  # start from the model's timm pretrained weights (timm's cache)
     pretrained_path: str | None = None  # start from a weights file (mixfast/model/weights.py)
+    drop_path: float = 0.0  # stochastic depth rate (timm's drop_path_rate), every training step
 
     def validate(self) -> None:
         """Sizes >= 1, a width divisible by the heads and one existing source of weights,
@@ -93,15 +94,17 @@ class ModelConfig:
         width, heads = self.embed_dim, self.num_heads
         if width is not None and heads is not None and width % heads:
             raise SettingError(f"{{embed_dim}} {width} must be divisible by {{num_heads}} {heads}")
+        check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         if self.pretrained and self.pretrained_path is not None:
             raise SettingError("give {pretrained} or {pretrained_path}, not both")
         path = self.pretrained_path
         if path is not None and not Path(path).is_file():
             raise SettingError(f"{{pretrained_path}} {path}: no such file")
 
-    def overrides(self) -> dict[str, int]:
-        """create_model keyword overrides that are set."""
-        return {n: getattr(self, n) for n in MODEL_OVERRIDES if getattr(self, n) is not None}
+    def overrides(self) -> dict[str, int | float]:
+        """create_model keyword overrides that are set (drop_path as drop_path_rate, when > 0)."""
+        kwargs = {n: getattr(self, n) for n in MODEL_OVERRIDES if getattr(self, n) is not None}
+        return kwargs | ({"drop_path_rate": self.drop_path} if self.drop_path else {})
 
 
 @dataclass(frozen=True)

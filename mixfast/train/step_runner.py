@@ -23,6 +23,7 @@ from mixfast.model import MixModel
 from mixfast.schedule import PHASES
 from mixfast.train.config import TrainConfig
 from mixfast.train.distributed import Dist, wrap_ddp
+from mixfast.train.ema import ModelEma
 from mixfast.train.flops import micro_batch_flops
 from mixfast.train.graphs import StepGraphs, whole_step
 from mixfast.train.meters import Meters, Position
@@ -68,6 +69,7 @@ class StepRunner:
         self._compiled: dict[str, LossFn] = {}
         self._net: nn.Module | None = None
         self._net_phase: str | None = None
+        self.ema = ModelEma.of(model, config)  # model_ema: the EMA weights (ema.py)
 
     # ------------------------------------------------------------------ what a step reads
 
@@ -110,8 +112,10 @@ class StepRunner:
     def masks(self, phase: str, batch: dict[str, Any]):
         """Masks keyed by the micro-batch's global index: micro-batch m of rank r is global
         micro-batch m * W + r, the one a single process meets there, so DDP masks alike."""
-        offset = self.position.micro_step * self.dist.world + self.dist.rank
-        return phase_masks(self.model, self.config, phase, batch, offset)
+        return phase_masks(self.model, self.config, phase, batch, self._offset())
+
+    def _offset(self) -> int:
+        return self.position.micro_step * self.dist.world + self.dist.rank
 
     @property
     def device(self) -> torch.device:
@@ -133,11 +137,12 @@ class StepRunner:
     def step(self, phase: str, stage_step: int) -> None:
         """One optimizer step of `phase`, the stage's step `stage_step`."""
         self.stages.set_lr(stage_step)
+        self.ema.before_step(phase, self.model)
         if self.graphs is not None:
             return self._graphed_step(phase)
         net, loss_fn, accum = self.net(phase), self.loss_fn(phase), self.config.accum_steps
         for micro in range(accum):
-            batch = self.batches.next(phase, self.ssl_rows(phase))
+            batch = self.batches.next(phase, self.ssl_rows(phase), self._offset())
             masking = self.masks(phase, batch)
             sync = micro == accum - 1 or not self.dist.enabled
             with contextlib.nullcontext() if sync else net.no_sync(), self.autocast():
@@ -145,14 +150,16 @@ class StepRunner:
             (loss / accum).backward()
             self.position.micro_step += 1
             self.meters.add(loss, parts, step_done=micro == accum - 1)
-        if not self.stages.step():
+        if self.stages.step():
+            self.ema.after_step(self.model)
+        else:
             self.on_skip()
 
     def _graphed_step(self, phase: str) -> None:
         """One step as a replay of the phase's CUDA graph (batch, masks, a(t), lr copied in);
         a mix phase with two SSL sub-batch sizes (ssl_share) has a graph for each."""
         rows = self.ssl_rows(phase)
-        batch = self.batches.next(phase, rows)
+        batch = self.batches.next(phase, rows, self._offset())
         masking = self.masks(phase, batch)
         net, params = self.net(phase), self.stages.trainable
         run = whole_step(
@@ -167,6 +174,7 @@ class StepRunner:
         loss, parts = self.graphs.step((phase, self.stages.name, rows), run, inputs, params)
         self.position.micro_step += 1
         self.meters.add(loss, parts, step_done=True)
+        self.ema.after_step(self.model)
 
     # ------------------------------------------------------------------ cost
 

@@ -26,6 +26,7 @@ from torch.utils.data import (
 )
 
 from mixfast.data import ImageDataset, normalize
+from mixfast.train.recipe import sample_keys
 
 # In-memory datasets up to this size are copied to the device once.
 ON_DEVICE_BYTES = 2 << 30
@@ -115,6 +116,8 @@ class Stream:
         self.seed, self.device, self.num_workers = seed, device, num_workers
         self.cycle, self.pos = 0, 0
         self._iter: Iterator[Batch] | None = None
+        self._blocks: torch.Tensor | None = None  # the pass's [micro, batch] sample indices
+        self.last_index: torch.Tensor | None = None  # sample indices of the last micro-batch
         self.memory: InMemory | None = None
         if isinstance(source, DataLoader):
             self.micro = len(source) // accum * accum
@@ -166,8 +169,22 @@ class Stream:
         if self._iter is None:
             self._iter = self._open()
         batch = next(self._iter)
+        self.last_index = None if self._blocks is None else self._blocks[self.pos]
+        if self.last_index is None:  # a DataLoader given: its rows, counted through the pass
+            rows = len(batch[0])
+            self.last_index = torch.arange(self.pos * rows, (self.pos + 1) * rows)
         self.pos += 1
         return batch
+
+    def sample_keys(self) -> list[int]:
+        """The draw key of each sample of the last micro-batch, from (seed, stream, pass,
+        sample index): the same whichever workers or storage served it (recipe.py)."""
+        return sample_keys(pass_seed(self.seed, self.key, self.cycle), self.last_index)
+
+    @property
+    def mean(self) -> tuple[float, ...] | None:
+        """The per-channel mean of the images (None when the source does not say)."""
+        return getattr(self.memory or self.source, "mean", None)
 
     def blocks(self) -> torch.Tensor:
         """[micro, batch] sample indices of this rank for the current pass."""
@@ -177,13 +194,15 @@ class Stream:
         return blocks[self.rank :: self.world]
 
     def _open(self) -> Iterator[Batch]:
+        self._blocks = None
         if isinstance(self.source, DataLoader):
             sampler = getattr(self.source, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self.cycle)
             batches = islice(self.source, self.pos, self.micro)
             return (self._to_device(*split_batch(b)) for b in batches)
-        blocks = self.blocks()[self.pos :]
+        self._blocks = self.blocks()
+        blocks = self._blocks[self.pos :]
         if self.memory is not None:  # one copy of the pass's indices, then device gathers
             blocks = blocks.to(self.memory.images.device, non_blocking=True)
             return (self._to_device(*self.memory.gather(index)) for index in blocks)

@@ -8,6 +8,7 @@ checkpoint. The jobs around that loop belong to components, each owning its stat
     PhaseBatches (objectives.py)       the data streams of each phase and their order
     OptimizerStages (optimizer_stage)  the pre-train / fine-tune AdamW and the learning rate
     StepRunner (step_runner.py)        one step: eager, accumulated, compiled or CUDA-graphed
+    ModelEma (ema.py), Recipe          model_ema's weights; mixup, cutmix, aa, reprob (recipe.py)
     Meters, Position (meters.py)       device-side sums of the epoch; where the run is
     RunLog (run_log.py)                rows, totals, config.json, metrics.jsonl, result.json
     Pictures (pictures.py)             recon-*.png grids; RunLog: curves.png, TensorBoard
@@ -45,10 +46,11 @@ from mixfast.train.objectives import PhaseBatches
 from mixfast.train.optimizer_stage import OptimizerStages
 from mixfast.train.pictures import Pictures
 from mixfast.train.plan import RunPlan, resolve_plan
+from mixfast.train.recipe import recipe_of
 from mixfast.train.run_log import EpochReport, RunLog, TrainResult
 from mixfast.train.step_runner import StepRunner
 from mixfast.train.stopping import StopRequests
-from mixfast.train.streams import EvalBatches, Stream, check_labels, evaluate, num_classes
+from mixfast.train.streams import EvalBatches, Stream, check_labels, num_classes
 
 Data = Dataset | DataLoader
 MAX_SKIPPED_SHARE = 0.5  # nonfinite="skip" stops when more than this share of an epoch skips
@@ -178,6 +180,7 @@ class MixTrainer:
         self.log = RunLog(self.schedule, self.plan, writes, cfg.tensorboard)
         self.pictures = Pictures(self.model, cfg, self.log, (*val_list, ssl_data, *sl_list))
         components = [self.stages, self.position, self.batches, self.meters, self.log]
+        components.append(self.runner.ema)
         self.checkpointer = Checkpointer(
             self.model, components, cfg, self.plan, self.folder, d.main
         )
@@ -186,21 +189,15 @@ class MixTrainer:
         self, device: torch.device, ssl_data: Data | None, sl_list: list
     ) -> PhaseBatches:
         cfg, d = self.config, self.dist
-        stream = dict(
-            batch_size=cfg.batch_size,
-            world=d.world,
-            rank=d.rank,
-            accum=cfg.accum_steps,
-            seed=cfg.seed,
-            device=device,
-            num_workers=cfg.num_workers,
-        )
+        stream = dict(batch_size=cfg.batch_size, world=d.world, rank=d.rank, accum=cfg.accum_steps)
+        stream |= dict(seed=cfg.seed, device=device, num_workers=cfg.num_workers)
         sl_streams = [
             Stream(s, 1 + k, name=f"sl_data[{k}]" if len(sl_list) > 1 else "sl_data", **stream)
             for k, s in enumerate(sl_list)
         ]
         ssl_stream = None if ssl_data is None else Stream(ssl_data, 0, name="ssl_data", **stream)
-        return PhaseBatches(ssl_stream, sl_streams, cfg.augment)
+        recipe = recipe_of(cfg, self.model.task_classes)  # mixup, cutmix, aa, reprob
+        return PhaseBatches(ssl_stream, sl_streams, cfg.augment, recipe)
 
     def _build_model(self, sl_data: Data) -> nn.Module:
         model = self.model_spec
@@ -238,9 +235,8 @@ class MixTrainer:
             self._end_epoch(spec)
         self.position.finished = True
         if self.tests and self.log.totals.get("test_top1") is None:
-            self.log.totals["test_top1"] = evaluate(
-                self.model, self.tests, self.dist, self.runner.autocast
-            )
+            test, raw = self.evaluate(self.tests)
+            self.log.totals.update(test_top1=test, test_top1_raw=raw)
         result = self._result(completed=True)
         self.checkpointer.save()
         self.log.finish(result)
@@ -292,7 +288,8 @@ class MixTrainer:
         """Validation, the metrics row and a checkpoint."""
         self._check(spec)
         start = time.perf_counter()
-        top1 = self.evaluate() if spec.phase != "ssl" and self.evals else [None] * len(self.evals)
+        skip = spec.phase == "ssl" or not self.evals
+        top1, raw = ([None] * len(self.evals), None) if skip else self.evaluate(self.evals)
         steps = self.plan.epoch_steps[spec.index]
         report = EpochReport(
             spec=spec,
@@ -302,6 +299,7 @@ class MixTrainer:
             alpha=self.schedule.alpha_range(spec, self.plan.steps_per_epoch["mix"]),
             lr=self.stages.lr,
             top1=top1,
+            top1_raw=raw,
             train_s=self.meters.train_s,
             eval_s=time.perf_counter() - start,
             passes=self._passes(spec, steps),
@@ -313,9 +311,11 @@ class MixTrainer:
         self.position.step_in_epoch = 0
         self.checkpointer.save()
 
-    def evaluate(self) -> list[float | None]:
-        """Top-1 in [0, 1] on each validation set (task k uses head k), summed over ranks."""
-        return evaluate(self.model, self.evals, self.dist, self.runner.autocast)
+    def evaluate(self, sets: list[EvalBatches] | None = None) -> tuple[list, list | None]:
+        """(top-1 in [0, 1] per set (default: validation; task k uses head k) summed over ranks,
+        the raw weights' or None): with model_ema on, the first is the EMA weights' (ema.py)."""
+        ema = self.runner.ema
+        return ema.evaluate(self.model, sets or self.evals, self.dist, self.runner.autocast)
 
     # ------------------------------------------------------------------ bookkeeping
 
