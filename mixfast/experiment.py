@@ -184,7 +184,15 @@ def build_model(spec: RunSpec, data: TrainingData) -> nn.Module:
     if settings.pretrained_path is not None:
         weights = {"pretrained_path": settings.pretrained_path}
     # the fresh layers are drawn first, from the seed, then the weights load
-    return create_model(settings.model, **model_kwargs(settings, data), **weights)
+    try:
+        return create_model(settings.model, **model_kwargs(settings, data), **weights)
+    except AssertionError as exc:  # timm's Attention: the width must split into the heads
+        if "divisible by num_heads" not in str(exc):
+            raise
+        raise SettingError(
+            f"{{embed_dim}} {settings.embed_dim} must be divisible by the number of heads "
+            f"({settings.model}'s own unless {{num_heads}} is given); give {{num_heads}}"
+        ) from exc
 
 
 def from_weights(settings: ModelConfig) -> bool:

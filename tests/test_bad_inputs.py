@@ -150,3 +150,14 @@ def test_augment_scale_sets_the_crop_area():
     assert experiment.with_augment(config, data, settings).augment.scale == (0.8, 1.0)
     settings.augment = False
     assert experiment.with_augment(config, data, settings).augment is None
+
+
+def test_a_width_the_models_own_heads_do_not_divide_is_refused(tmp_path, capsys):
+    """--embed-dim 64 without --num-heads: vit_tiny has 3 heads; exit 2, not timm's assert."""
+    flags = [f for f in TINY if f not in ("--num-heads", "2")]
+    assert "--decoder-dim" in flags and "--embed-dim" in flags
+    out = tmp_path / "run"
+    argv = ["train", *flags, "--embed-dim", "64", "--out", str(out)]
+    assert cli.main(argv) == 2
+    assert "--embed-dim 64 must be divisible by the number of heads" in capsys.readouterr().err
+    assert not out.exists()
