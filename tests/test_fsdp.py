@@ -1,0 +1,115 @@
+"""--fsdp (FSDP2 on CPU, gloo): 2 processes train as DDP does, the packed mix step all-gathers
+each block around its packed forward, and sharded checkpoints resume with 2 processes bit for
+bit and with 1 (accum_steps 2) within floating-point tolerance."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _ddp_worker import config
+from _fsdp_worker import STOP
+from _tiny import tiny_data, tiny_model
+from test_ddp import free_port
+from test_elastic import TINY
+
+from mixfast import cli
+from mixfast.checkpoint import load_checkpoint
+from mixfast.checks import SettingError
+from mixfast.train import train
+from mixfast.train.sharded_checkpoint import consolidate
+
+WORKER = Path(__file__).with_name("_fsdp_worker.py")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """The worker's runs under 2 torchrun processes (see tests/_fsdp_worker.py)."""
+    out = tmp_path_factory.mktemp("fsdp")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    command += [str(WORKER), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def losses(out: Path) -> list[float]:
+    return [row["loss"] for row in json.loads((out / "result.json").read_text())["epochs"]]
+
+
+def weights(run: Path, tmp: Path) -> dict[str, torch.Tensor]:
+    """The model state of a sharded run folder, made one file (consolidate)."""
+    return load_checkpoint(consolidate(run, tmp / f"{run.name}.pt"))["model"]
+
+
+@pytest.mark.slow
+def test_fsdp_matches_ddp(runs, tmp_path):
+    assert losses(runs / "fsdp") == pytest.approx(losses(runs / "ddp"), rel=1e-5)
+    ddp = load_checkpoint(runs / "ddp" / "last.pt")["model"]
+    fsdp = weights(runs / "fsdp", tmp_path)
+    assert fsdp.keys() == ddp.keys()
+    for key in ddp:
+        torch.testing.assert_close(fsdp[key], ddp[key], atol=1e-5, rtol=1e-4, msg=key)
+    saved = json.loads((runs / "fsdp" / "result.json").read_text())
+    assert saved["resolved"]["world_size"] == 2 and saved["completed"]
+    assert len(list((runs / "fsdp").glob("last-*.dcp"))) == 1  # the one last.pt names
+    assert not list((runs / "fsdp").glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_packed_forward_sees_whole_parameters_then_sharded(runs):
+    for rank in (0, 1):
+        record = json.loads((runs / f"packed-rank{rank}.json").read_text())
+        whole = {"type": "Parameter", "shape": [96, 32], "local": [96, 32]}
+        assert record["during"] == [whole, whole]  # 2 blocks, each all-gathered
+        sharded = {"type": "DTensor", "shape": [96, 32], "local": [48, 32]}
+        assert record["after"] == [sharded, sharded]
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resumes_with_two_processes_bit_for_bit(runs, tmp_path):
+    saved = load_checkpoint(runs / "stopped-copy" / "last.pt")
+    assert saved["position"]["global_step"] == STOP and saved["model"] is None
+    resumed, whole = weights(runs / "stopped", tmp_path), weights(runs / "fsdp", tmp_path)
+    for key in whole:
+        assert torch.equal(resumed[key], whole[key]), key
+    assert losses(runs / "stopped") == losses(runs / "fsdp")
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resumes_with_one_process_and_accumulation(runs, tmp_path):
+    out = runs / "stopped-copy"
+    cfg = dataclasses.replace(config(str(out), batch_size=8, accum_steps=2), fsdp=True, resume=True)
+    result = train(
+        cfg, tiny_model(drop_path=0.0), None, tiny_data(64, seed=1), tiny_data(20, seed=2)
+    )
+    assert result.global_step == 12 and result.resolved["world_size"] == 1
+    assert losses(out)[2] == pytest.approx(losses(runs / "fsdp")[2], rel=1e-5)
+    resumed, whole = weights(out, tmp_path), weights(runs / "fsdp", tmp_path)
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_another_effective_batch_is_refused_on_resume(runs):
+    out = runs / "stopped-copy"  # 2 x 1 when saved, 1 x 2 once the test above resumed it
+    before = (out / "last.pt").read_bytes()
+    cfg = dataclasses.replace(config(str(out), batch_size=8, accum_steps=1), fsdp=True, resume=True)
+    expected = r"made by \d process\(es\) x accum_steps \d .* processes x accum_steps = 2"
+    with pytest.raises(SettingError, match=expected):
+        train(cfg, tiny_model(drop_path=0.0), None, tiny_data(64, seed=1), tiny_data(20, seed=2))
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_cuda_graph_with_fsdp_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", *TINY, "--out", out, "--fsdp", "--cuda-graph"]) == 2
+    assert "--cuda-graph does not compose with --fsdp" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
