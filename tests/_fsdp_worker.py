@@ -1,7 +1,7 @@
 """One rank of the FSDP tests: `torchrun --nproc_per_node 2 tests/_fsdp_worker.py OUT`.
 
 In one process group (made here once, so the runs reuse it): a DDP run (OUT/ddp), the same run
-under FSDP (OUT/fsdp), the FSDP run stopped at step STOP (OUT/stopped, copied to
+under FSDP (OUT/fsdp) and under FSDP with gradient checkpointing (OUT/fsdp-gc), the FSDP run stopped at step STOP (OUT/stopped, copied to
 OUT/stopped-copy for the one-process resume) and resumed (OUT/resumed), and the packed-forward
 check (OUT/packed-rank<R>.json): the parameters of an encoder block are whole while its packed
 forward runs and sharded after it.
@@ -62,6 +62,7 @@ def main(out: str) -> None:
     root.mkdir(parents=True, exist_ok=True)
     run(root / "ddp")
     run(root / "fsdp", fsdp=True)
+    run(root / "fsdp-gc", fsdp=True, grad_checkpointing=True)
     run(root / "stopped", fsdp=True, stop_after=STOP)
     dist.barrier()
     if dist.get_rank() == 0:

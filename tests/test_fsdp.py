@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from _ddp_worker import config
 from _fsdp_worker import STOP
 from _tiny import tiny_data, tiny_model
@@ -22,8 +23,11 @@ from test_elastic import TINY
 from mixfast import cli
 from mixfast.checkpoint import load_checkpoint
 from mixfast.checks import SettingError
+from mixfast.ops import random_masking
+from mixfast.optim import make_adamw, set_lr
 from mixfast.train import train
 from mixfast.train.sharded_checkpoint import consolidate
+from mixfast.train.sharding import shard_model
 
 WORKER = Path(__file__).with_name("_fsdp_worker.py")
 
@@ -60,6 +64,8 @@ def test_fsdp_matches_ddp(runs, tmp_path):
         torch.testing.assert_close(fsdp[key], ddp[key], atol=1e-5, rtol=1e-4, msg=key)
     saved = json.loads((runs / "fsdp" / "result.json").read_text())
     assert saved["resolved"]["world_size"] == 2 and saved["completed"]
+    ddp_saved = json.loads((runs / "ddp" / "result.json").read_text())
+    assert saved["step_flops"] == ddp_saved["step_flops"]  # the FLOP count sees whole weights
     assert len(list((runs / "fsdp").glob("last-*.dcp"))) == 1  # the one last.pt names
     assert not list((runs / "fsdp").glob(".*.tmp"))
 
@@ -113,3 +119,61 @@ def test_cuda_graph_with_fsdp_is_refused(tmp_path, capsys):
     assert cli.main(["train", *TINY, "--out", out, "--fsdp", "--cuda-graph"]) == 2
     assert "--cuda-graph does not compose with --fsdp" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_composes_with_grad_checkpointing(runs, tmp_path):
+    assert losses(runs / "fsdp-gc") == pytest.approx(losses(runs / "fsdp"), rel=1e-5)
+    checkpointed, plain = weights(runs / "fsdp-gc", tmp_path), weights(runs / "fsdp", tmp_path)
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.fixture
+def group_of_one():
+    """A process group of one (gloo), as `--fsdp` makes outside torchrun."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_grouped_adamw_steps_sharded_parameters_as_whole_ones(group_of_one, fused):
+    """GroupedAdamW (layer decay groups; fused kernel or multi-tensor path) on DTensors."""
+    images, labels = tiny_data(8, seed=3).tensors
+    masking = random_masking(8, 16, 0.75, seed=0, offset=0)
+    models = [tiny_model(drop_path=0.0), tiny_model(drop_path=0.0)]
+    shard_model(models[1], torch.device("cpu"), amp=False)
+    for model in models:
+        optimizer = make_adamw(
+            model, weight_decay=0.05, layer_decay=0.75, betas=(0.9, 0.95), fused=fused
+        )
+        set_lr(optimizer, 1e-2)
+        for _ in range(2):
+            loss, _ = model.forward_mixed(images, images, labels, alpha=0.5, masking=masking)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    whole = models[0].state_dict()
+    for key, value in models[1].state_dict().items():
+        torch.testing.assert_close(value.full_tensor(), whole[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_fsdp_compiles_per_block(tmp_path):
+    """compile=True under FSDP compiles each block (aot_eager here: no C++ build) and trains
+    as the eager FSDP run does; one process (a group of one)."""
+    results = []
+    for compiled in (False, True):
+        cfg = dataclasses.replace(
+            config(str(tmp_path / f"run-{compiled}"), batch_size=16, accum_steps=1),
+            fsdp=True,
+            compile=compiled,
+            compile_backend="aot_eager",
+        )
+        data = (tiny_data(64, seed=1), tiny_data(20, seed=2))
+        results.append(train(cfg, tiny_model(drop_path=0.0), None, *data))
+    eager, compiled = results
+    assert compiled.resolved["compile"] and not eager.resolved["compile"]
+    compiled_losses = [row["loss"] for row in compiled.epochs]
+    assert compiled_losses == pytest.approx([row["loss"] for row in eager.epochs], rel=1e-4)
