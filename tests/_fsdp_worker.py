@@ -2,7 +2,8 @@
 
 In one process group (made here once, so the runs reuse it): a DDP run (OUT/ddp), the same run
 under FSDP (OUT/fsdp) and under FSDP with gradient checkpointing (OUT/fsdp-gc), the FSDP run stopped at step STOP (OUT/stopped, copied to
-OUT/stopped-copy for the one-process resume) and resumed (OUT/resumed), and the packed-forward
+OUT/stopped-copy for the one-process resume) and resumed (OUT/stopped), the same stopped in the
+SSL phase and resumed (OUT/stopped-ssl), and the packed-forward
 check (OUT/packed-rank<R>.json): the parameters of an encoder block are whole while its packed
 forward runs and sharded after it.
 """
@@ -25,6 +26,7 @@ from mixfast.train import train
 from mixfast.train.sharding import shard_model
 
 STOP = 6  # mid-epoch 2 (4 steps an epoch)
+STOP_SSL = 2  # mid-epoch 1, the SSL phase
 
 
 def run(out: Path | None, **overrides) -> None:
@@ -69,6 +71,8 @@ def main(out: str) -> None:
         shutil.copytree(root / "stopped", root / "stopped-copy")
     dist.barrier()
     run(root / "stopped", fsdp=True, resume=True)
+    run(root / "stopped-ssl", fsdp=True, stop_after=STOP_SSL)  # the heads have no AdamW state
+    run(root / "stopped-ssl", fsdp=True, resume=True)
     packed_check(root)
     dist.destroy_process_group()
 

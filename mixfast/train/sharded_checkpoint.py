@@ -31,7 +31,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -69,6 +71,8 @@ def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
     if not folder.is_dir() or not (folder / ".metadata").is_file():
         raise ckpt.CheckpointError(f"{folder}: the sharded checkpoint that last.pt names is gone")
     states = _states(model, optimizer)
+    if optimizer is not None:
+        _keep_saved_optimizer_state(states["optimizer"], folder)
     dcp.load(states, checkpoint_id=str(folder))
     if optimizer is None:
         set_model_state_dict(model, states["model"])
@@ -79,7 +83,21 @@ def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
                 optimizer,
                 model_state_dict=states["model"],
                 optim_state_dict=states["optimizer"],
+                # parameters without saved AdamW state keep none; a missing model key has
+                # already failed dcp.load (its default planner is strict)
+                options=StateDictOptions(strict=False),
             )
+
+
+def _keep_saved_optimizer_state(optim_state: dict[str, Any], folder: Path) -> None:
+    """Drop the state of parameters the saved optimizer had none for (a phase that never
+    reached them, e.g. the heads in SSL): `get_state_dict` made state for every parameter,
+    and a loaded step count of 1 where the run had none would change its bias correction."""
+    saved = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    prefixes = {key.rsplit(".", 1)[0] for key in saved if key.startswith("optimizer.state.")}
+    state = optim_state["state"]
+    for name in [n for n in state if f"optimizer.state.{n}" not in prefixes]:
+        del state[name]
 
 
 def _states(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
