@@ -1,6 +1,7 @@
 """One rank of the FSDP tests: `torchrun --nproc_per_node 2 tests/_fsdp_worker.py OUT`.
 
-In one process group (made here once, so the runs reuse it): a DDP run (OUT/ddp), the same run
+In one process group (made here once, so the runs reuse it): a DDP run (OUT/ddp) and the same
+stopped at step STOP (OUT/ddp-stopped), the same run
 under FSDP (OUT/fsdp) and under FSDP with gradient checkpointing (OUT/fsdp-gc), the FSDP run stopped at step STOP (OUT/stopped, copied to
 OUT/stopped-copy for the one-process resume) and resumed (OUT/stopped), the same stopped in the
 SSL phase and resumed (OUT/stopped-ssl), and the packed-forward
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from _ddp_worker import config
 from _tiny import tiny_data, tiny_model
 
+from mixfast.checkpoint import RunFolder
 from mixfast.ops import random_masking
 from mixfast.train import train
 from mixfast.train.sharding import shard_model
@@ -29,10 +31,20 @@ STOP = 6  # mid-epoch 2 (4 steps an epoch)
 STOP_SSL = 2  # mid-epoch 1, the SSL phase
 
 
-def run(out: Path | None, **overrides) -> None:
-    cfg = dataclasses.replace(config(None, batch_size=8, accum_steps=1), **overrides)
-    cfg = dataclasses.replace(cfg, out=None if out is None else str(out))
-    train(cfg, tiny_model(drop_path=0.0), None, tiny_data(64, seed=1), tiny_data(20, seed=2))
+def run(out: Path, **overrides) -> None:
+    """One run in the shared group. The folder is checked on every rank before any rank
+    claims it (as `mixfast train` does before its rendezvous): with the group made once, a
+    rank's check could otherwise meet the other rank's half-claimed folder."""
+    cfg = dataclasses.replace(config(str(out), batch_size=8, accum_steps=1), **overrides)
+    folder = RunFolder(cfg.out, cfg.resume)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        folder.claim()
+    try:
+        model = tiny_model(drop_path=0.0)
+        train(cfg, model, None, tiny_data(64, seed=1), tiny_data(20, seed=2), folder=folder)
+    finally:
+        folder.release()
 
 
 def packed_check(out: Path) -> None:
@@ -63,6 +75,7 @@ def main(out: str) -> None:
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     run(root / "ddp")
+    run(root / "ddp-stopped", stop_after=STOP)  # resumed by 1 process in the test
     run(root / "fsdp", fsdp=True)
     run(root / "fsdp-gc", fsdp=True, grad_checkpointing=True)
     run(root / "stopped", fsdp=True, stop_after=STOP)

@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 from _ddp_worker import config
 from _fsdp_worker import STOP
-from _tiny import tiny_data, tiny_model
+from _tiny import TINY_KWARGS, tiny_data, tiny_model
 from test_ddp import free_port
 from test_elastic import TINY
 
-from mixfast import cli
-from mixfast.checkpoint import load_checkpoint
+from mixfast import cli, create_model
+from mixfast.checkpoint import export_encoder, load_checkpoint
 from mixfast.checks import SettingError
 from mixfast.ops import random_masking
 from mixfast.optim import make_adamw, set_lr
@@ -30,6 +30,7 @@ from mixfast.train.sharded_checkpoint import consolidate
 from mixfast.train.sharding import shard_model
 
 WORKER = Path(__file__).with_name("_fsdp_worker.py")
+DATA = (tiny_data(64, seed=1), tiny_data(20, seed=2))  # the worker's
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def runs(tmp_path_factory) -> Path:
     command += [str(WORKER), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error" in line]
+    assert proc.returncode == 0, "\n".join(errors[:20]) + proc.stderr[-3000:]
     return out
 
 
@@ -103,6 +105,17 @@ def test_sharded_checkpoint_resumes_with_one_process_and_accumulation(runs, tmp_
     assert result.global_step == 12 and result.resolved["world_size"] == 1
     assert losses(out)[2] == pytest.approx(losses(runs / "fsdp")[2], rel=1e-5)
     resumed, whole = weights(out, tmp_path), weights(runs / "fsdp", tmp_path)
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.slow
+def test_a_ddp_checkpoint_resumes_with_one_process_and_accumulation(runs):
+    out = runs / "ddp-stopped"
+    cfg = dataclasses.replace(config(str(out), batch_size=8, accum_steps=2), resume=True)
+    result = train(cfg, tiny_model(drop_path=0.0), None, *DATA)
+    assert result.global_step == 12 and result.resolved["world_size"] == 1
+    resumed, whole = (load_checkpoint(r / "last.pt")["model"] for r in (out, runs / "ddp"))
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], atol=1e-5, rtol=1e-4, msg=key)
 
@@ -180,3 +193,17 @@ def test_fsdp_compiles_per_block(tmp_path):
     assert compiled.resolved["compile"] and not eager.resolved["compile"]
     compiled_losses = [row["loss"] for row in compiled.epochs]
     assert compiled_losses == pytest.approx([row["loss"] for row in eager.epochs], rel=1e-4)
+
+
+def test_pretrained_path_reads_a_consolidated_sharded_checkpoint(runs, tmp_path):
+    with pytest.raises(SettingError, match="a sharded .--fsdp. checkpoint.*consolidate"):
+        tiny_model_from(runs / "fsdp" / "last.pt")
+    single = consolidate(runs / "fsdp", tmp_path / "full.pt")
+    model = tiny_model_from(single)
+    for key, value in load_checkpoint(single)["model"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    export_encoder(model, tmp_path / "encoder.pt")  # a timm state_dict from it
+
+
+def tiny_model_from(path: Path) -> torch.nn.Module:
+    return create_model("vit_tiny_patch16_224", **TINY_KWARGS, pretrained_path=str(path))
