@@ -84,7 +84,8 @@ class StepRunner:
         """The model as `phase` calls it: under DDP with the phase's unused parameters frozen
         (under FSDP the model is sharded already: sharding.py)."""
         if self._net_phase != phase:
-            cast = weight_cast(self.plan.amp, self.dist.enabled)  # ops/cast_once.py
+            # ops/cast_once.py; not under FSDP, whose units hold bf16 weights on CUDA already
+            cast = weight_cast(self.plan.amp, self.dist.enabled or self.config.fsdp)
             net = Objectives(self.model, cast_dtype=cast)
             if self.dist.enabled and not self.config.fsdp:
                 inputs = self.probe_inputs(phase, PROBE_ROWS)
