@@ -120,6 +120,7 @@ def test_a_ddp_checkpoint_resumes_with_one_process_and_accumulation(runs):
         torch.testing.assert_close(resumed[key], whole[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.slow
 def test_another_effective_batch_is_refused_on_resume(runs):
     out = runs / "stopped-copy"  # 2 x 1 when saved, 1 x 2 once the test above resumed it
     before = (out / "last.pt").read_bytes()
@@ -195,6 +196,7 @@ def test_fsdp_compiles_per_block(tmp_path):
     assert compiled_losses == pytest.approx([row["loss"] for row in eager.epochs], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_pretrained_path_reads_a_consolidated_sharded_checkpoint(runs, tmp_path):
     with pytest.raises(SettingError, match="a sharded .--fsdp. checkpoint.*consolidate"):
         tiny_model_from(runs / "fsdp" / "last.pt")

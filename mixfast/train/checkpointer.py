@@ -71,7 +71,7 @@ class Checkpointer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_resumable(self.config, self.plan, state)
-        state = at_world_size(state, self.plan.world_size, self.config.accum_steps)
+        state = at_world_size(state, self.plan.world_size)
         if not self.sharded:
             ckpt.load_model_state(self.model, state["model"])
         for component in self.components:
@@ -144,7 +144,7 @@ def check_world_size(config: TrainConfig, plan: RunPlan, state: dict[str, Any]) 
     )
 
 
-def at_world_size(state: dict[str, Any], world: int, accum: int) -> dict[str, Any]:
+def at_world_size(state: dict[str, Any], world: int) -> dict[str, Any]:
     """`state` as `world` processes would have saved it (check_world_size holds): each rank's
     micro-batch counts (position, stream positions, the epoch's meter counts) scale by
     saved processes / `world`. The loss sums of an epoch in progress are all ranks' in a

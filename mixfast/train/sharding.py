@@ -35,7 +35,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import (
-    FSDPModule,
     MixedPrecisionPolicy,
     fully_shard,
     register_fsdp_forward_method,
@@ -107,10 +106,6 @@ def place_model(model: nn.Module, config: TrainConfig, plan: RunPlan) -> None:
     shard_model(model, torch.device(plan.device), amp=plan.amp, compile_backend=backend)
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
-
-
 @contextlib.contextmanager
 def gradient_sync_off(model: nn.Module) -> Iterator[None]:
     """The micro-batches of an accumulated step before its last: gradients accumulate unsharded
@@ -126,4 +121,4 @@ def has_dtensors(params: list[nn.Parameter]) -> bool:
     return any(isinstance(p, DTensor) for p in params)
 
 
-__all__ = ["gradient_sync_off", "has_dtensors", "is_sharded", "place_model", "shard_model"]
+__all__ = ["gradient_sync_off", "has_dtensors", "place_model", "shard_model"]
