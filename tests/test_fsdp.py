@@ -25,7 +25,7 @@ from mixfast.checkpoint import export_encoder, load_checkpoint
 from mixfast.checks import SettingError
 from mixfast.ops import random_masking
 from mixfast.optim import make_adamw, set_lr
-from mixfast.train import train
+from mixfast.train import sharded_checkpoint, train
 from mixfast.train.sharded_checkpoint import consolidate
 from mixfast.train.sharding import shard_model
 
@@ -209,3 +209,31 @@ def test_pretrained_path_reads_a_consolidated_sharded_checkpoint(runs, tmp_path)
 
 def tiny_model_from(path: Path) -> torch.nn.Module:
     return create_model("vit_tiny_patch16_224", **TINY_KWARGS, pretrained_path=str(path))
+
+
+@pytest.mark.slow
+def test_a_sharded_save_killed_before_its_rename_leaves_the_last_checkpoint(tmp_path, monkeypatch):
+    """One process (a group of one): the save at step 4 dies after writing its shards, before
+    publishing them; last.pt still names step 2's whole folder, and the run resumes from it."""
+    out = tmp_path / "run"
+    cfg = dataclasses.replace(config(str(out), batch_size=16, accum_steps=1), fsdp=True)
+    train(dataclasses.replace(cfg, stop_after=2), tiny_model(drop_path=0.0), None, *DATA)
+    published = load_checkpoint(out / "last.pt")["shards"]
+
+    def killed(folder):  # _fsync_folder runs between the shards' writing and their rename
+        raise KeyboardInterrupt("killed between the shards and their rename")
+
+    monkeypatch.setattr(sharded_checkpoint, "_fsync_folder", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            dataclasses.replace(cfg, resume=True, stop_after=4),
+            tiny_model(drop_path=0.0),
+            None,
+            *DATA,
+        )
+    monkeypatch.undo()
+    assert load_checkpoint(out / "last.pt")["shards"] == published
+    assert (out / published / ".metadata").is_file() and list(out.glob(".last-*.dcp.tmp"))
+    result = train(dataclasses.replace(cfg, resume=True), tiny_model(drop_path=0.0), None, *DATA)
+    assert result.global_step == 12 and result.completed
+    assert not list(out.glob(".last-*.dcp.tmp")) and len(list(out.glob("last-*.dcp"))) == 1
