@@ -24,6 +24,8 @@ weights_only=True)` reads it):
                    and skipped steps so far
     rows           the metrics.jsonl rows written so far (rewritten from here on resume)
     config         dataclasses.asdict(TrainConfig)
+    shards         under --fsdp only: the DCP folder beside last.pt holding "model" and
+                   "optimizer" (both None here; mixfast/train/sharded_checkpoint.py)
     resolved       what the run derived: absolute lrs, effective batch (per device x devices
                    x accumulation), warmup and total steps per stage, steps per epoch, plan,
                    budget, world size, device, compile and amp in effect

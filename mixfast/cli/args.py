@@ -123,6 +123,11 @@ TRAIN_FLAGS: FlagSpecs = {
         "keep no encoder block activations for the backward: recompute them "
         "there (less memory, about a third more compute)",
     ),
+    "fsdp": switch(
+        "--fsdp",
+        "shard weights, gradients and AdamW state over the processes (FSDP2; gloo on CPU, "
+        "NCCL on CUDA; outside torchrun a group of one); checkpoints become sharded",
+    ),
     "resume": dict(
         nargs="?",
         const=True,

@@ -29,12 +29,12 @@ from mixfast.model.packed import (
     Images,
     Labels,
     PackedLayout,
-    _block_packed,
     _cu_seqlens,
     _MaskSpec,
     _packed_index,
     _slice_masking,
     cross_entropy,
+    packed_forward,
     sl_groups,
     task_weights_of,
 )
@@ -159,10 +159,11 @@ class MixedStep:
         )
         checkpointed = self.checkpointing()
         for block in self.encoder.blocks:
+            run = packed_forward(block)
             if checkpointed:
-                x = checkpoint(_block_packed, block, x, layout, use_reentrant=False)
+                x = checkpoint(run, x, layout, use_reentrant=False)
             else:
-                x = _block_packed(block, x, layout)
+                x = run(x, layout)
         chunks = x.split([b * length for b, length in shapes])
         return [c.view(b, length, -1) for c, (b, length) in zip(chunks, shapes)]
 

@@ -11,7 +11,7 @@ equal lengths); DropPath draws once per sequence, as timm draws once per sample.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -158,6 +158,13 @@ def _block_packed(block: Block, x: torch.Tensor, layout: PackedLayout) -> torch.
     x = x + _drop_path_packed(branch, block.drop_path1, layout.shapes)
     branch = block.ls2(block.mlp(block.norm2(x)))
     return x + _drop_path_packed(branch, block.drop_path2, layout.shapes)
+
+
+def packed_forward(block: Block) -> Callable[[torch.Tensor, PackedLayout], torch.Tensor]:
+    """How the packed path calls `block`: its own `forward_packed` when it has one (FSDP2 sets
+    it so that its all-gather hooks fire: mixfast/train/sharding.py), else `_block_packed`."""
+    own = getattr(block, "forward_packed", None)
+    return own if own is not None else functools.partial(_block_packed, block)
 
 
 def sl_groups(num_tasks: int, sl_images: Images, labels: Labels | None) -> list[_SLGroup]:

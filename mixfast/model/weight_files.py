@@ -160,6 +160,12 @@ def _from_object(setting: str, name: str, obj: Mapping) -> WeightsSource:
             raise SettingError(
                 f"{{{setting}}} {plain(name)}: an incomplete mixfast checkpoint (no {missing})"
             )
+        if obj["model"] is None and obj.get("shards"):
+            raise SettingError(
+                f"{{{setting}}} {plain(name)}: a sharded (--fsdp) checkpoint, its weights in "
+                f"{obj['shards']}/ beside it; make one file first: "
+                "mixfast.train.sharded_checkpoint.consolidate(RUN_DIR, FILE) (docs/checkpoints.md)"
+            )
         position = obj.get("position") or {}
         step = position.get("global_step") if isinstance(position, Mapping) else None
         at = f" after {step} optimizer steps" if step is not None else ""

@@ -15,7 +15,9 @@ mixfast/checkpoint.py):
     the run                        config, resolved            TrainConfig, RunPlan
 
 The resume check lives here, once: the checkpoint's TrainConfig against the run's (the
-settings RESUMABLE may change) and its steps per epoch against the data's. The data and model
+settings RESUMABLE may change; the number of processes may change when accum_steps keeps
+processes x accum_steps) and its steps per epoch against the data's. Under `--fsdp` the model
+and optimizer state are sharded files beside last.pt (sharded_checkpoint.py). The data and model
 settings recorded in DIR/data.json are the caller's to check (mixfast/experiment.py), before
 the data is read.
 """
@@ -24,12 +26,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 from mixfast import checkpoint as ckpt
 from mixfast.checks import SettingError
 from mixfast.train.config import TrainConfig
+from mixfast.train.meters import LOSSES
 from mixfast.train.plan import RunPlan
+from mixfast.train.sharded_checkpoint import load_sharded, save_sharded
 
 
 class Stateful(Protocol):
@@ -40,7 +45,8 @@ class Stateful(Protocol):
 
 class Checkpointer:
     """Saves and restores `model` and `components` as one checkpoint in `folder` (None:
-    nothing is written); only the main process writes."""
+    nothing is written); only the main process writes, except under FSDP (`sharded`), where
+    every rank saves its shards (sharded_checkpoint.py) and the main rank the rest."""
 
     def __init__(
         self,
@@ -53,22 +59,34 @@ class Checkpointer:
     ) -> None:
         self.model, self.components = model, components
         self.config, self.plan, self.folder, self.main = config, plan, folder, main
+        self.sharded = config.fsdp
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"model": self.model.state_dict(), "rng": ckpt.rng_state()}
+        model = None if self.sharded else self.model.state_dict()  # sharded: its own files
+        state = {"model": model, "rng": ckpt.rng_state()}
         for component in self.components:
             state.update(component.state_dict())
+        if self.sharded:
+            state["optimizer"] = None
         return {**state, "config": self.config.to_dict(), "resolved": self.plan.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_resumable(self.config, self.plan, state)
-        ckpt.load_model_state(self.model, state["model"])
+        state = at_world_size(state, self.plan.world_size)
+        if not self.sharded:
+            ckpt.load_model_state(self.model, state["model"])
         for component in self.components:
             component.load_state_dict(state)
+        if self.sharded:
+            load_sharded(self.folder.path / state["shards"], self.model, self._optimizer())
         ckpt.set_rng_state(state["rng"])
 
     def save(self) -> None:
-        if self.folder is not None and self.main:
+        if self.folder is None:
+            return
+        if self.sharded:
+            save_sharded(self.folder.path, self.model, self._optimizer(), self.state_dict())
+        elif self.main:
             ckpt.save_checkpoint(self.state_dict(), self.folder.path / "last.pt")
 
     def resume(self) -> None:
@@ -77,10 +95,19 @@ class Checkpointer:
             self.load_state_dict(self.folder.checkpoint())
             self.folder.forget_checkpoint()
 
+    def _optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer of the current stage (OptimizerStages among the components)."""
+        stages = [c for c in self.components if hasattr(c, "optimizer")]
+        return stages[0].optimizer if stages else None
+
 
 def check_resumable(config: TrainConfig, plan: RunPlan, state: dict[str, Any]) -> None:
-    """A checkpoint's run may continue under `config` on data that makes `plan`."""
+    """A checkpoint's run may continue under `config` on data that makes `plan`: the same
+    settings but RESUMABLE ones, except that the number of processes may change when
+    accum_steps keeps processes x accum_steps (with the per-device batch, the effective batch)."""
     changed = config.changed_on_resume(state["config"])
+    check_world_size(config, plan, state)
+    changed = [k for k in changed if k != "accum_steps"]  # check_world_size judged it
     if changed:
         diff = "; ".join(
             f"{{{k}}}: {state['config'][k]!r} -> {getattr(config, k)!r}" for k in changed
@@ -97,3 +124,54 @@ def check_resumable(config: TrainConfig, plan: RunPlan, state: dict[str, Any]) -
             "validation split, SSL pool or batch size, or a checkpoint of an older mixfast); "
             "resume with the run's settings or start a new run"
         )
+
+
+def _copies(state: dict[str, Any]) -> tuple[int, int]:
+    """(processes, accum_steps) of the run that saved `state`."""
+    return int(state["resolved"].get("world_size", 1)), int(state["config"]["accum_steps"])
+
+
+def check_world_size(config: TrainConfig, plan: RunPlan, state: dict[str, Any]) -> None:
+    """Processes x accum_steps as when saved (micro-batches per optimizer step, all ranks):
+    then the data order, the masks and the schedule continue as they would have."""
+    world, accum = _copies(state)
+    if world * accum == plan.world_size * config.accum_steps:
+        return
+    raise SettingError(
+        f"{{resume}}: {config.out} was made by {world} process(es) x {{accum_steps}} {accum} "
+        f"(effective batch {state['resolved'].get('effective_batch')}); now {plan.world_size} x "
+        f"{config.accum_steps}: resume with processes x {{accum_steps}} = {world * accum} "
+        "(the per-device {batch_size} kept) or start a new run"
+    )
+
+
+def at_world_size(state: dict[str, Any], world: int) -> dict[str, Any]:
+    """`state` as `world` processes would have saved it (check_world_size holds): each rank's
+    micro-batch counts (position, stream positions, the epoch's meter counts) scale by
+    saved processes / `world`. The loss sums of an epoch in progress are all ranks' in a
+    sharded checkpoint; in another, the main rank's (as for a DDP resume), scaled alike."""
+    saved_world, _ = _copies(state)
+    if saved_world == world:
+        return state
+    scale = saved_world / world
+
+    def rescaled(count: int) -> int:
+        value = count * scale
+        if value != int(value):
+            raise SettingError(
+                f"{{resume}}: a micro-batch count {count} of {saved_world} "
+                f"process(es) does not split into {world}"
+            )
+        return int(value)
+
+    state = {**state, "position": dict(state["position"])}
+    state["position"]["micro_step"] = rescaled(state["position"]["micro_step"])
+    state["streams"] = {
+        name: {**s, "pos": rescaled(s["pos"])} for name, s in state["streams"].items()
+    }
+    epoch = state.get("epoch_state")
+    if epoch is not None:
+        # the sums of all ranks when "ranks" (sharded), else the main rank's; bad_loss: a value
+        sums = {} if "ranks" in epoch else {k: epoch[k] * scale for k in LOSSES}
+        state["epoch_state"] = {**epoch, **sums, "micro": rescaled(epoch["micro"])}
+    return state

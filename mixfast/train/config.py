@@ -76,6 +76,7 @@ class TrainConfig:
     tensorboard: bool = False  # also TensorBoard event files in out/tensorboard/ (main rank)
     recon_every: int = 1  # a reconstruction grid every N SSL/mix epochs and at the end; 0: none
     grad_checkpointing: bool = False  # recompute encoder block activations in the backward
+    fsdp: bool = False  # FSDP2: shard weights, gradients and AdamW state over the processes
     out: str | None = None  # run folder; None writes nothing
     resume: bool | str = False  # True: continue DIR/last.pt; "auto": continue it when it exists
     nonfinite: str = "stop"  # "stop" | "skip"
@@ -106,6 +107,12 @@ class TrainConfig:
         check_choice("cuda_graph", self.cuda_graph, (True, False))
         check_choice("tensorboard", self.tensorboard, (True, False))
         check_choice("grad_checkpointing", self.grad_checkpointing, (True, False))
+        check_choice("fsdp", self.fsdp, (True, False))
+        if self.fsdp and self.cuda_graph:
+            raise SettingError(
+                "{cuda_graph} does not compose with {fsdp}: a captured step would replay FSDP's "
+                "all-gathers and reduce-scatters outside the process group's control; drop one"
+            )
         check_int("ssl_epochs", self.ssl_epochs, 0)
         check_int("sl_epochs", self.sl_epochs, 1)
         if self.pipeline != "sl" and self.ssl_epochs < 1:

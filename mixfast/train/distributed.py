@@ -1,7 +1,7 @@
 """torchrun/DDP: the process group, rank-aware reductions and the device of this rank.
 
 WORLD_SIZE/RANK/LOCAL_RANK come from the environment; NCCL on CUDA, gloo on CPU. Rank 0 writes
-every file and prints every summary line.
+every file and prints every summary line. `--fsdp` outside torchrun runs in a group of one.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class Dist:
     rank: int = 0
     local_rank: int = 0
     created: bool = False  # this process created the group (and destroys it)
+    sharded: bool = False  # FSDP: every forward is collective, so ranks forward in lockstep
 
     @property
     def main(self) -> bool:
@@ -59,23 +60,22 @@ def wants_cuda(device: str) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
-def init_distributed(device: str) -> Dist:
-    """The process group for `device` ("auto", "cpu", "cuda", ...) under torchrun, else none."""
+def init_distributed(device: str, fsdp: bool = False) -> Dist:
+    """The process group for `device` ("auto", "cpu", "cuda", ...) under torchrun, else none;
+    with `fsdp` outside torchrun a group of one process (FSDP2 shards over a device mesh)."""
     world = env_world()
-    if world <= 1:
+    if world <= 1 and not fsdp:
         return Dist()
     created = False
     if not dist.is_initialized():
         rank = env_rank()
+        store = attempt_store(rank, world) if world > 1 else dist.HashStore()
         dist.init_process_group(
-            "nccl" if wants_cuda(device) else "gloo",
-            store=attempt_store(rank, world),
-            rank=rank,
-            world_size=world,
+            "nccl" if wants_cuda(device) else "gloo", store=store, rank=rank, world_size=world
         )
         created = True
     local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-    return Dist(dist.get_world_size(), dist.get_rank(), local, created)
+    return Dist(dist.get_world_size(), dist.get_rank(), local, created, fsdp)
 
 
 def attempt_store(rank: int, world: int) -> dist.Store:

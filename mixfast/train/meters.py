@@ -136,10 +136,18 @@ class Meters:
         if not self.sums:
             return {"epoch_state": None}
         state = {name: self.sums[name].cpu() for name in (*LOSSES, "bad_loss")}
+        if self.dist.sharded:  # every rank saves (collective): the sums of all ranks
+            summed = self.dist.all_sum(torch.stack([self.sums[name] for name in LOSSES]))
+            state.update(zip(LOSSES, summed.cpu()), ranks=self.dist.world)
         return {"epoch_state": {**state, "micro": self.micro, "train_s": self.train_s}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._pending = state["epoch_state"]
+        """The sums of a sharded checkpoint are all ranks': rank 0 takes them, the others
+        zeros (same micro-batch count: epoch_means divides by micro x world)."""
+        pending = state["epoch_state"]
+        if pending is not None and "ranks" in pending and self.dist.rank != 0:
+            pending = {**pending, **{name: torch.zeros((), dtype=torch.float64) for name in LOSSES}}
+        self._pending = pending
 
 
 def progress_bar(enabled: bool, total: int, desc: str):

@@ -101,4 +101,5 @@ class OptimizerStages:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["stage"] is not None:
             self._open(state["stage"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if state["optimizer"] is not None:  # None: sharded, loaded by the Checkpointer
+                self.optimizer.load_state_dict(state["optimizer"])

@@ -14,7 +14,8 @@ range), and with `norm_pix_loss` the prediction un-normalised per patch with the
 patch's mean and variance, as MAE's visualisation does. Each image is scaled up by a whole
 factor to at least `MIN_CELL` pixels and the cells are `PAD` pixels apart (`grid_size`). It
 runs under torch.no_grad in eval mode (train mode restored), only where the RunLog writes (the
-main rank), and touches no RNG, so a run's numbers are the same with or without pictures.
+main rank; under FSDP every rank runs the forward, whose all-gathers are collective, and the
+main rank draws), and touches no RNG, so a run's numbers are the same with or without pictures.
 
 `curves_png` draws DIR/curves.png from the metrics rows (RunLog redraws it every epoch).
 """
@@ -210,7 +211,9 @@ class Pictures:
         self.data = next((d for d in data if d is not None), None)
         drawable = hasattr(model, "forward_mae") and hasattr(model, "grid_size")
         pretrains = any(phase != "sl" for phase in plan.epoch_phases)
-        self.enabled = log.folder is not None and self.every > 0 and drawable and pretrains
+        # under FSDP the forward is collective: every rank computes, the main rank draws
+        self.draws = log.folder is not None
+        self.enabled = (self.draws or config.fsdp) and self.every > 0 and drawable and pretrains
         self.enabled = self.enabled and self.data is not None
         self._images: tuple[torch.Tensor, Any, Any] | None = None
 
@@ -240,6 +243,8 @@ class Pictures:
             amp = self.plan.amp
             autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else None
             rows = reconstruction_rows(self.model, images, self.mask_ratio, autocast=autocast)
+            if not self.draws:
+                return
             grid = reconstruction_grid(rows, mean, std)
         except Exception as exc:  # noqa: BLE001 - pictures are a view of the run, not the run
             warnings.warn(

@@ -38,6 +38,7 @@ from mixfast.train.objectives import (
 )
 from mixfast.train.optimizer_stage import OptimizerStages
 from mixfast.train.plan import RunPlan
+from mixfast.train.sharding import gradient_sync_off
 
 PROBE_ROWS = 2  # samples per objective of the DDP unused-parameter probe
 
@@ -82,11 +83,13 @@ class StepRunner:
             self.graphs.forget(lambda key: key[1] == stage)
 
     def net(self, phase: str) -> nn.Module:
-        """The model as `phase` calls it: under DDP with the phase's unused parameters frozen."""
+        """The model as `phase` calls it: under DDP with the phase's unused parameters frozen
+        (under FSDP the model is sharded already: sharding.py)."""
         if self._net_phase != phase:
-            cast = weight_cast(self.plan.amp, self.dist.enabled)  # ops/cast_once.py
+            # ops/cast_once.py; not under FSDP, whose units hold bf16 weights on CUDA already
+            cast = weight_cast(self.plan.amp, self.dist.enabled or self.config.fsdp)
             net = Objectives(self.model, cast_dtype=cast)
-            if self.dist.enabled:
+            if self.dist.enabled and not self.config.fsdp:
                 inputs = self.probe_inputs(phase, PROBE_ROWS)
                 probe = lambda: self._losses[phase](net, *inputs)[0]  # noqa: E731
                 net = wrap_ddp(net, self.stages.trainable, probe, self.device)
@@ -95,7 +98,7 @@ class StepRunner:
 
     def loss_fn(self, phase: str) -> LossFn:
         """The phase's loss, torch.compiled once when the plan compiles."""
-        if not self.plan.compile:
+        if not self.plan.compile or self.config.fsdp:  # FSDP: compiled per block (sharding.py)
             return self._losses[phase]
         if phase not in self._compiled:
             backend = self.config.compile_backend
@@ -145,7 +148,7 @@ class StepRunner:
             batch = self.batches.next(phase, self.ssl_rows(phase), self._offset())
             masking = self.masks(phase, batch)
             sync = micro == accum - 1 or not self.dist.enabled
-            with contextlib.nullcontext() if sync else net.no_sync(), self.autocast():
+            with self._no_sync(net, sync), self.autocast():
                 loss, parts = loss_fn(net, batch, self._alpha(phase), masking)
             (loss / accum).backward()
             self.position.micro_step += 1
@@ -154,6 +157,12 @@ class StepRunner:
             self.ema.after_step(self.model)
         else:
             self.on_skip()
+
+    def _no_sync(self, net: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        """No gradient reduction in an accumulated step's micro-batches before its last."""
+        if sync:
+            return contextlib.nullcontext()
+        return gradient_sync_off(self.model) if self.config.fsdp else net.no_sync()
 
     def _graphed_step(self, phase: str) -> None:
         """One step as a replay of the phase's CUDA graph (batch, masks, a(t), lr copied in);

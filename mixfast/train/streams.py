@@ -274,27 +274,43 @@ def num_classes(data: Dataset | DataLoader) -> int:
     return int(torch.as_tensor(labels).max()) + 1
 
 
-@torch.inference_mode()
 def evaluate(
     model: torch.nn.Module, evals: list[EvalBatches], dist, autocast: Callable
 ) -> list[float | None]:
     """Top-1 in [0, 1] of `model.forward_sl` on each evaluation set (task k uses head k),
-    summed over ranks; the model is put back in train mode."""
+    summed over ranks; the model is put back in train mode. Under FSDP (`dist.sharded`) in
+    no_grad rather than inference mode: the all-gathered parameters are reused by training."""
     model.eval()
     results = []
     try:
-        for task, batches in enumerate(evals):
-            counts = torch.zeros(2, dtype=torch.float64, device=batches.device)
-            for images, labels in batches:
-                with autocast():
-                    logits = model.forward_sl(images, task=task)
-                counts[0] += (logits.argmax(-1) == labels).sum()
-                counts[1] += labels.numel()
-            correct, total = dist.all_sum(counts).tolist()
-            results.append(correct / total if total else None)
+        with torch.inference_mode(not dist.sharded), torch.no_grad():
+            for task, batches in enumerate(evals):
+                counts = torch.zeros(2, dtype=torch.float64, device=batches.device)
+                for images, labels in _in_lockstep(batches, dist):
+                    with autocast():
+                        logits = model.forward_sl(images, task=task)
+                    if labels is not None:
+                        counts[0] += (logits.argmax(-1) == labels).sum()
+                        counts[1] += labels.numel()
+                correct, total = dist.all_sum(counts).tolist()
+                results.append(correct / total if total else None)
     finally:
         model.train()
     return results
+
+
+def _in_lockstep(batches: EvalBatches, dist) -> Iterator[tuple[torch.Tensor, Any]]:
+    """The batches; under FSDP every forward all-gathers, so a rank with fewer batches than
+    another repeats its last one (labels None: not counted) until they are even."""
+    last, count = None, 0
+    for images, labels in batches:
+        last, count = images, count + 1
+        yield images, labels
+    if not dist.sharded:
+        return
+    most = int(dist.all_max(torch.tensor(count, device=batches.device)))
+    for _ in range(most - count):
+        yield last, None
 
 
 def check_labels(streams: list[Stream], task_classes: list[int] | None) -> None:

@@ -18,7 +18,7 @@ checkpoint. The jobs around that loop belong to components, each owning its stat
 The run folder is a `RunFolder` (mixfast/checkpoint.py) owned by the caller, or by the trainer
 when it is given none. Host syncs: none in the hot path; `nonfinite="stop"` notices a NaN/inf
 loss up to `log_every` steps late, names its first step, and keeps DIR/last.pt the last good
-checkpoint. Distributed (torchrun): DDP per phase; rank 0 writes files.
+checkpoint. Distributed (torchrun): DDP per phase, or FSDP2 (sharding.py); rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from mixfast.train.pictures import Pictures
 from mixfast.train.plan import RunPlan, resolve_plan
 from mixfast.train.recipe import recipe_of
 from mixfast.train.run_log import EpochReport, RunLog, TrainResult
+from mixfast.train.sharding import place_model
 from mixfast.train.step_runner import StepRunner
 from mixfast.train.stopping import StopRequests
 from mixfast.train.streams import EvalBatches, Stream, check_labels, num_classes
@@ -122,7 +123,7 @@ class MixTrainer:
             )
         self._owns_folder = folder is None and cfg.out is not None
         self.folder = RunFolder(cfg.out, cfg.resume) if self._owns_folder else folder
-        self.dist = init_distributed(cfg.device)
+        self.dist = init_distributed(cfg.device, cfg.fsdp)
         try:
             device = resolve_device(cfg.device, self.dist)
             if device.type == "cuda":
@@ -140,7 +141,6 @@ class MixTrainer:
         cfg, d = self.config, self.dist
         torch.manual_seed(cfg.seed)
         self.model = self._build_model(sl_list[0]).to(device)
-        self.model.set_grad_checkpointing(cfg.grad_checkpointing)
         self.batches = self._phase_batches(device, ssl_data, sl_list)
         check_labels(self.batches.sl_streams, getattr(self.model, "task_classes", None))
         evals = dict(batch_size=2 * cfg.batch_size, rank=d.rank, world=d.world, device=device)
@@ -162,6 +162,7 @@ class MixTrainer:
         )
         self.meters = Meters(device, d)
         self.mix = MixSteps(self.schedule, self.plan.steps_per_epoch["mix"], cfg.batch_size, device)
+        place_model(self.model, cfg, self.plan)  # grad checkpointing; FSDP2 (sharding.py)
         self.stages = OptimizerStages(self.model, cfg, self.plan)
         self.runner = StepRunner(
             self.model,
