@@ -23,6 +23,7 @@ CLI_CASES = [
     (["--patch-size", "0"], "--patch-size must be >= 1"),
     (["--depth", "0"], "--depth must be >= 1"),
     (["--num-heads", "0"], "--num-heads must be >= 1"),
+    (["--fsdp", "--model-ema"], "--model-ema does not compose with --fsdp yet"),
     (
         ["--embed-dim", "30", "--num-heads", "4"],
         "--embed-dim 30 must be divisible by --num-heads 4",

@@ -113,6 +113,11 @@ class TrainConfig:
                 "{cuda_graph} does not compose with {fsdp}: a captured step would replay FSDP's "
                 "all-gathers and reduce-scatters outside the process group's control; drop one"
             )
+        if self.fsdp and self.model_ema:
+            raise SettingError(
+                "{model_ema} does not compose with {fsdp} yet: timm's ModelEmaV3 deep-copies the "
+                "model, which FSDP2's sharded modules refuse; drop one"
+            )
         check_int("ssl_epochs", self.ssl_epochs, 0)
         check_int("sl_epochs", self.sl_epochs, 1)
         if self.pipeline != "sl" and self.ssl_epochs < 1:
