@@ -3,7 +3,9 @@ images trains as long as one on 30,000 does in optimizer steps, not in epochs. `
 and `mixfast compare` use it for every one of --ssl-epochs, --sl-epochs and --batch-size left
 at "auto"; the API keeps explicit values and offers `auto_budget`.
 
-The rule (chosen on validation: benchmarks/results/auto-budget-fashion-mnist-cpu-2026-12-03/):
+The rule (the best of the budgets screened on validation at 1,500 and 5,000 Fashion-MNIST images;
+at 15,000 twice the steps gave 2.6 points more, and the training-health line, mixfast/health.py,
+says "still rising" there: docs/results.md#budgets-that-fit-the-data):
 - batch: the largest power of two <= BATCH_CAP whose epochs keep >= MIN_EPOCH_STEPS optimizer
   steps over the labeled images (64 at 1,350 images, 128 from about 2,050 up), >= MIN_BATCH;
 - SL epochs: enough for SL_STEPS optimizer steps, and at least MIN_SL_EPOCHS;
