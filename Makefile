@@ -55,7 +55,7 @@ test-triton:
 test: setup lint test-cpu test-triton
 
 demo: setup
-	$(PYTHON) -m mixfast compare --dataset fashion-mnist --fractions 0.1 1.0:1 --out $(DEMO_OUT)
+	$(PYTHON) -m mixfast compare --dataset fashion-mnist --fractions 0.05 1.0:1 --out $(DEMO_OUT)
 
 bench: setup
 	$(PYTHON) -m mixfast bench

@@ -332,7 +332,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed flags (fields absent from `args` or "auto" keep their
     defaults; spec_from_args says which are "auto")."""
     fields = _fields_of(TrainConfig, args, TRAIN_FLAGS)
-    config = TrainConfig(**{name: v for name, v in fields.items() if v != AUTO})
+    sized = {name for name in AUTO_SETTINGS if fields.get(name) == AUTO}
+    config = TrainConfig(**{name: v for name, v in fields.items() if name not in sized})
     config.validate()
     return config
 
