@@ -158,6 +158,22 @@ def test_compare_end_to_end_refuses_overwrite_and_resumes(tmp_path):
     assert [r["pipeline"] for r in json.loads((out / "compare.json").read_text())["runs"]] == ["sl"]
 
 
+def test_compare_from_weights_resumes(tmp_path):
+    """compare --pretrained-path --resume reuses its finished runs: they record
+    pretrained_weights=True (set when the run starts), which the stale-run check applies too."""
+    pre = tmp_path / "pre"
+    trained = mixfast("train", *TINY, "--pipeline", "ssl+sl", "--out", str(pre))
+    assert trained.returncode == 0, trained.stderr
+    out = tmp_path / "cmp"
+    args = ["compare", *TINY, "--fractions", "0.5", "--seeds", "3", "--pipelines", "sl",
+            "--pretrained-path", str(pre / "last.pt"), "--out", str(out)]  # fmt: skip
+    first = mixfast(*args)
+    assert first.returncode == 0, first.stderr
+    resumed = mixfast(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("reusing") == 1
+
+
 def test_compare_with_a_smaller_ssl_share_keeps_passes_equal(tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", *TINY, "--ssl-epochs", "2", "--sl-epochs", "2", "--ssl-share", "0.5",
