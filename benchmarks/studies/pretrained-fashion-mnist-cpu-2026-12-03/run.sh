@@ -13,16 +13,16 @@
 #     whole set (half of them classes 5-9; 10 % of those validation): from scratch ("scratch")
 #     and from the weights ("weights"), sl / ssl+sl / mix, the same seeds.
 #  3. the SL pipeline from the weights with --mixup 0.8 --cutmix 1.0 ("weights-mixup") and with
-#     --model-ema --model-ema-decay D for each D of EMA_DECAYS ("weights-ema<D>"; 0.99 averages
-#     over ~100 of the ~750 steps, docs/recipe.md). The plain recipe is the "weights" compare's
-#     sl runs (same seeds, same start); table.py pairs them.
+#     --model-ema --model-ema-decay D for each D of EMA_DECAYS ("weights-ema<D>"; 0.99 and 0.995
+#     average over ~100 and ~200 of the ~750 steps, docs/recipe.md). The plain recipe is the
+#     "weights" compare's sl runs (same seeds, same start); table.py pairs them.
 # Seeds go in passes: every compare gets the first seed, then the first two, ... (compare
 # --resume reuses the finished runs), so a stopped study has the same seeds everywhere.
 # Resumable: a finished compare folder is skipped, a stopped one continues (--resume), the
 # pre-training continues from its last.pt (--resume auto). One thread per run (a shared CPU).
-# Pilot (3 seeds, ~50 min on the shared 2-core machine):
+# Pilot (3 seeds; on the shared 2-core machine: pre-training 4 min, then ~11 min a seed):
 #   bash benchmarks/studies/pretrained-fashion-mnist-cpu-2026-12-03/run.sh
-# The issue's study (5 seeds; continues the pilot's runs when OUT is the same):
+# The issue's study (5 seeds, ~1 h from nothing; continues the pilot's runs when OUT is the same):
 #   SEEDS="0 1 2 3 4" bash benchmarks/studies/pretrained-fashion-mnist-cpu-2026-12-03/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -33,7 +33,7 @@ OUT=${OUT:-runs/pretrained}
 SEEDS=${SEEDS:-0 1 2}
 TRAIN_LIMIT=${TRAIN_LIMIT:-10000}
 PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-30}
-EMA_DECAYS=${EMA_DECAYS:-0.99}
+EMA_DECAYS=${EMA_DECAYS:-0.99 0.995}
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT" "$HERE"
 model=(--depth 3 --embed-dim 64 --num-heads 2 --decoder-dim 64 --decoder-depth 1)

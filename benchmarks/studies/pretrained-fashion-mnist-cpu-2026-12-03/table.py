@@ -5,9 +5,9 @@
 RESULTS_DIR holds one folder per arm (scratch, weights, weights-mixup, weights-ema<D>), each
 with its compare.json. Tables:
 1. from the weights against from scratch, per pipeline and fraction: test top-1 (mean ± 95 % t
-   half-width over seeds), and weights - scratch paired by seed on validation and on test, with
-   the 95 % t interval and verdict of mixfast.stats (accuracy from the test interval, as compare's
-   verdicts; cost: fine-tuning FLOPs, the pre-training not counted);
+   half-width over seeds), and weights - scratch paired by seed on validation and on test, each
+   with its 95 % t interval and the verdict of mixfast.stats (cost: fine-tuning FLOPs, the
+   pre-training not counted);
 2. each compare's own table (mix - ssl+sl), as `mixfast compare` prints it;
 3. the fine-tune recipe from the weights, SL pipeline: each arm - the plain SL runs of "weights",
    paired by seed, on validation (where a choice is read) and on test; an EMA arm's raw weights
@@ -71,8 +71,8 @@ def weights_vs_scratch(reports: dict[str, dict[str, Any]]) -> list[str]:
     weights, scratch = by_cell(reports["weights"]), by_cell(reports["scratch"])
     lines = [
         "| pipeline | fraction | seeds | scratch test % | weights test % | Δ val (95% t) "
-        "| Δ test (95% t) | verdict | FLOPs ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| verdict (val) | Δ test (95% t) | verdict (test) | FLOPs ratio |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|---:|",
     ]
     for fraction in sorted({f for _, f in weights}):
         for pipeline in PIPELINES:
@@ -81,14 +81,14 @@ def weights_vs_scratch(reports: dict[str, dict[str, Any]]) -> list[str]:
                 continue
             seeds = paired(treat, base)
             t_runs, b_runs = [treat[s] for s in seeds], [base[s] for s in seeds]
-            val, _ = diff_text([r["val_top1"] for r in t_runs], [r["val_top1"] for r in b_runs])
+            val, vdiff = diff_text([r["val_top1"] for r in t_runs], [r["val_top1"] for r in b_runs])
             test, diff = diff_text([r["top1"] for r in t_runs], [r["top1"] for r in b_runs])
             ratio = sum(r["flops"] for r in t_runs) / sum(r["flops"] for r in b_runs)
-            word = verdict(diff, ratio, "FLOPs").word
+            word, vword = verdict(diff, ratio, "FLOPs").word, verdict(vdiff, ratio, "FLOPs").word
             lines.append(
                 f"| {pipeline} | {fraction:g} | {len(seeds)} "
                 f"| {mean_text([r['top1'] for r in b_runs])} "
-                f"| {mean_text([r['top1'] for r in t_runs])} | {val} | {test} | {word} "
+                f"| {mean_text([r['top1'] for r in t_runs])} | {val} | {vword} | {test} | {word} "
                 f"| {ratio:.3f} |"
             )
     return lines
