@@ -211,8 +211,7 @@ def run_all(
             write_json(run_dir / "data.json", record)
         else:
             print(f"{label}: reusing {run_dir / 'result.json'}", file=sys.stderr)
-        val_size = 0 if data.val_data is None else len(data.val_data)
-        runs.append(run_record(cell, result, run_dir, val_size))
+        runs.append(run_record(cell, result, run_dir, data.val_size))
         write_json(report_path, {"protocol": PROTOCOL, **settings, "runs": runs})
     from mixfast.report import summarize
 

@@ -110,9 +110,8 @@ def with_budget(spec: RunSpec, data: TrainingData) -> tuple[RunSpec, Budget | No
     train = spec.train
     given = {name: None if name in spec.auto else getattr(train, name) for name in AUTO_SETTINGS}
     labeled = max(len(task.sl_data) for task in data.tasks)
-    ssl_images = len(data.sl_data if data.ssl_data is None else data.ssl_data)
     devices = env_world() * train.accum_steps
-    budget = auto_budget(labeled, ssl_images, devices=devices, **given)
+    budget = auto_budget(labeled, data.ssl_size, devices=devices, **given)
     sized = {name: getattr(budget, name) for name in spec.auto}
     return dataclasses.replace(spec.replace(train=sized), auto=()), budget
 
@@ -240,9 +239,9 @@ def data_record(
         "skipped_files": list(data.skipped[:SKIPPED_LISTED]),
         "skipped_entries": data.left_out.record(SKIPPED_LISTED),  # hidden, not images, ...
         "labeled": len(data.sl_data),
-        "validation": 0 if data.val_data is None else len(data.val_data),
+        "validation": data.val_size,
         "test": len(data.test_data),
-        "ssl_images": len(data.sl_data if data.ssl_data is None else data.ssl_data),
+        "ssl_images": data.ssl_size,
         "tasks": [
             {"name": t.name, "note": t.note, "classes": t.num_classes, "labeled": len(t.sl_data)}
             for t in data.tasks

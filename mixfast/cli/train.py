@@ -76,8 +76,7 @@ def cmd_train(args: argparse.Namespace) -> Callable[[], int]:
             result = trainer.run()
         if main_rank:
             print(f"{top1_line(result, [t.name for t in data.tasks])} -> {config.out}")
-            val_size = 0 if data.val_data is None else len(data.val_data)
-            print(f"validation curve: {run_health(result.epochs, val_size).text}")
+            print(f"validation curve: {run_health(result.epochs, data.val_size).text}")
         return 0
 
     return work

@@ -133,11 +133,15 @@ class TaskData:
     num_classes: int
     note: str = ""  # where its labels come from, when not the dataset's own classes
 
+    @property
+    def val_size(self) -> int:
+        """Validation images (0 without a validation split)."""
+        return 0 if self.val_data is None else len(self.val_data)
+
     def summary(self) -> str:
-        val = 0 if self.val_data is None else len(self.val_data)
         note = f" ({self.note})" if self.note else ""
         return (
-            f"{self.name}{note}: {len(self.sl_data)} labeled, {val} validation, "
+            f"{self.name}{note}: {len(self.sl_data)} labeled, {self.val_size} validation, "
             f"{len(self.test_data)} test, {self.num_classes} classes"
         )
 
@@ -166,6 +170,15 @@ class TrainingData:
     @property
     def val_data(self) -> ImageDataset | None:
         return self.tasks[0].val_data
+
+    @property
+    def val_size(self) -> int:
+        return self.tasks[0].val_size
+
+    @property
+    def ssl_size(self) -> int:
+        """Images the SSL objective passes over (task 0's labeled ones when no pool)."""
+        return len(self.sl_data if self.ssl_data is None else self.ssl_data)
 
     @property
     def test_data(self) -> ImageDataset:
@@ -206,9 +219,8 @@ class TrainingData:
                 f"{self.regime}: SSL on {ssl}; {len(self.tasks)} tasks: {tasks}; "
                 f"images {c}x{h}x{w}{streamed}"
             )
-        val = 0 if self.val_data is None else len(self.val_data)
         return (
-            f"{self.regime}: {len(self.sl_data)} labeled, SSL on {ssl}, {val} validation, "
+            f"{self.regime}: {len(self.sl_data)} labeled, SSL on {ssl}, {self.val_size} validation, "
             f"{len(self.test_data)} test; {self.num_classes} classes, images {c}x{h}x{w}{streamed}"
         )
 
