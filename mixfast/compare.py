@@ -230,7 +230,7 @@ def stale_runs(cmp: CompareConfig, spec: RunSpec) -> list[str]:
         if saved is None:
             continue
         run = cell_spec(spec, cell, run_dir, resume=True)
-        run = run.replace(train={"pretrained_weights": experiment.from_weights(run.model)})
+        run = dataclasses.replace(run, train=experiment.with_weights(run.train, run.model))
         diffs = experiment.setting_differences(run, saved, read_json(run_dir / "data.json"))
         if diffs:
             listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in diffs)
