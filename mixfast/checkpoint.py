@@ -16,6 +16,9 @@ weights_only=True)` reads it):
     rng            {"torch": CPU generator state, "cuda": list of per-GPU states,
                     "python": random.getstate(), "numpy": numpy's MT19937 state as lists}
     augment_rng    state of the on-device augmentation's own generator (None without one)
+    head_labels    what each head's classes mean, per task (lists of class names; None when the
+                   model was built without them): --pretrained-path loads a head only into a
+                   run whose classes are the same (mixfast/model/weights.py)
     model_ema      model_ema's {"started": bool, "weights": the EMA model's state_dict} (None
                    without it); the recipe's other draws are keyed, they have no state
     epoch_state    running sums of the epoch in progress (losses, micro-batches, seconds);

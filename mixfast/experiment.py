@@ -182,6 +182,9 @@ def build_model(spec: RunSpec, data: TrainingData) -> nn.Module:
     weights = {"pretrained": True} if settings.pretrained else {}
     if settings.pretrained_path is not None:
         weights = {"pretrained_path": settings.pretrained_path}
+    if weights:
+        weights["pretrained_head"] = settings.pretrained_head
+    weights["head_labels"] = data.task_labels  # written with the weights into last.pt
     # the fresh layers are drawn first, from the seed, then the weights load
     try:
         return create_model(settings.model, **model_kwargs(settings, data), **weights)
@@ -214,6 +217,7 @@ def weights_record(spec: RunSpec, model: nn.Module | None) -> dict[str, Any]:
     record: dict[str, Any] = {
         "pretrained": settings.pretrained,
         "pretrained_path": settings.pretrained_path,
+        "pretrained_head": settings.pretrained_head,
         "pretrained_notes": list(getattr(model, "pretrained_notes", [])),
     }
     if model is not None and from_weights(settings):
@@ -265,6 +269,7 @@ def record_differences(spec: RunSpec, saved: dict[str, Any] | None) -> list[tupl
         "model": model.model,
         "pretrained": model.pretrained,
         "pretrained_path": model.pretrained_path,
+        "pretrained_head": model.pretrained_head,
     }
     diffs = [(k, saved[k], v) for k, v in now.items() if k in saved and saved[k] != v]
     kwargs = saved.get("model_kwargs", {})

@@ -17,7 +17,7 @@ from mixfast.train.settings import DataConfig, ModelConfig, RunSpec
 
 LAYOUT = {
     "format", "model", "optimizer", "stage", "position", "streams", "rng", "augment_rng",
-    "epoch_state", "totals", "rows", "config", "resolved", "model_ema",
+    "epoch_state", "totals", "rows", "config", "resolved", "model_ema", "head_labels",
 }  # fmt: skip
 
 

@@ -208,7 +208,9 @@ def test_pretrained_path_reads_a_consolidated_sharded_checkpoint(runs, tmp_path)
 
 
 def tiny_model_from(path: Path) -> torch.nn.Module:
-    return create_model("vit_tiny_patch16_224", **TINY_KWARGS, pretrained_path=str(path))
+    return create_model(  # keep: the API-built run model names no classes (head_labels)
+        "vit_tiny_patch16_224", **TINY_KWARGS, pretrained_path=str(path), pretrained_head="keep"
+    )
 
 
 @pytest.mark.slow

@@ -133,7 +133,7 @@ def test_mae_checkpoint_loads_encoder_decoder_and_reconstruction_target(tmp_path
     notes = "\n".join(model.pretrained_notes)
     assert "MAE main_pretrain.py checkpoint (epoch 399)" in notes
     assert "norm_pix_loss=True" in notes and "decoder_pos_embed is not loaded" in notes
-    assert "head (task 0, 4 classes) starts fresh" in notes
+    assert "head of task 0 (4 classes) starts fresh: the file has none" in notes
     assert "MAE decoder loaded" in notes
     # the whole MAE forward of the file's model, mapped key for key
     source.norm_pix_loss = True
@@ -221,7 +221,9 @@ def test_timm_safetensors_with_a_1000_class_head_is_adapted(tmp_path):
     assert "pos_embed resampled from a 14x14 to a 8x8 grid" in notes
     assert "adapted from 3 to 1 input channels" in notes
     assert "resampled from 16x16 to 4x4 patches" in notes
-    assert "head (task 0) reset: 1000 classes in the file, 10 in the run" in notes
+    assert (
+        "head of task 0 (10 classes) starts fresh: 1000 classes in the file, 10 in the run" in notes
+    )
     assert "MAE decoder starts fresh" in notes
 
 
@@ -231,38 +233,56 @@ def test_timm_pth_of_the_same_config_gives_timms_outputs(tmp_path):
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs).eval()
     path = tmp_path / "vit.pth"
     torch.save(vit.state_dict(), path)
-    model = create_model("vit_tiny_patch16_224", **kwargs, pretrained_path=path).eval()
+    model = create_model(
+        "vit_tiny_patch16_224", **kwargs, pretrained_path=path, pretrained_head="keep"
+    ).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model.forward_sl(images), vit(images), atol=1e-5)
-    assert "head (task 0, 1000 classes) loaded" in model.pretrained_notes
+    loaded = "head of task 0 (1000 classes) loaded: --pretrained-head keep: the class count matches"
+    assert loaded in model.pretrained_notes
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_mixfast_export_loads_encoder_and_head(tmp_path, suffix):
     source = small(seed=1)
     path = export_encoder(source, tmp_path / f"encoder{suffix}")
-    model = small(seed=2, pretrained_path=path)
+    model = small(seed=2, pretrained_path=path, pretrained_head="keep")
     assert_same(source.encoder.state_dict(), model.encoder.state_dict())
     assert_same(decoder_of(small(seed=2)), decoder_of(model))
-    assert "head (task 0, 4 classes) loaded" in model.pretrained_notes
+    assert any(n.startswith("head of task 0 (4 classes) loaded") for n in model.pretrained_notes)
 
 
 def test_mixfast_last_pt_loads_the_whole_model_with_extra_heads(tmp_path):
     source = small(seed=1, task_classes=[4, 3])
     path = tmp_path / "last.pt"
     state = dict(optimizer={}, stage="finetune", streams={}, config={}, resolved={})
-    save_checkpoint({"model": source.state_dict(), **state, "position": {"global_step": 7}}, path)
-    model = small(seed=2, task_classes=[4, 3], pretrained_path=path)
+    labels = [["a", "b", "c", "d"], ["x", "y", "z"]]
+    position = {"global_step": 7}
+    save_checkpoint(
+        {"model": source.state_dict(), **state, "position": position, "head_labels": labels}, path
+    )
+    model = small(seed=2, task_classes=[4, 3], head_labels=labels, pretrained_path=path)
     assert_same(source.state_dict(), model.state_dict())
     notes = "\n".join(model.pretrained_notes)
     assert "a mixfast checkpoint after 7 optimizer steps" in notes
-    assert "extra heads (task 1) loaded" in notes
-    # other task heads: head 0 reset, extra heads fresh
-    other = small(seed=2, num_classes=5, task_classes=[5, 2], pretrained_path=path)
+    assert "head of task 1 (3 classes) loaded: the same classes (x, y, z)" in notes
+    # other task heads: head 0 of another count, head 1 of other classes: both fresh
+    other = small(
+        seed=2,
+        num_classes=5,
+        task_classes=[5, 3],
+        head_labels=[list("abcde"), list("uvw")],
+        pretrained_path=path,
+    )
     notes = "\n".join(other.pretrained_notes)
-    assert "head (task 0) reset: 4 classes in the file, 5 in the run" in notes
-    assert "extra heads (task 1) start fresh: the file's differ" in notes
+    assert "head of task 0 (5 classes) starts fresh: 4 classes in the file, 5 in the run" in notes
+    assert (
+        "head of task 1 (3 classes) starts fresh: its classes (x, y, z) are not the run's (u, v, w)"
+        in notes
+    )
+    fresh = small(seed=2, num_classes=5, task_classes=[5, 3])
+    assert_same(fresh.extra_heads.state_dict(), other.extra_heads.state_dict())
 
 
 # ------------------------------------------------------------------ refusals
@@ -438,7 +458,8 @@ def test_cli_train_from_a_last_pt_records_what_loaded(tiny_last_pt, tmp_path, ca
     assert data["pretrained_path"] == str(tiny_last_pt) and data["pretrained"] is False
     notes = "\n".join(data["pretrained_notes"])
     assert "a mixfast checkpoint after 1 optimizer steps" in notes
-    assert "head (task 0, 10 classes) loaded" in notes and "MAE decoder loaded" in notes
+    assert "head of task 0 (10 classes) loaded: the same classes (synthetic:0, " in notes
+    assert "MAE decoder loaded" in notes
 
 
 def test_cli_train_from_an_mae_checkpoint_records_the_target(tmp_path):
@@ -450,6 +471,29 @@ def test_cli_train_from_an_mae_checkpoint_records_the_target(tmp_path):
     data = json.loads((out / "data.json").read_text())
     assert data["norm_pix_loss"] is True
     assert any("MAE main_pretrain.py checkpoint" in n for n in data["pretrained_notes"])
+
+
+def test_cli_train_adapts_an_mae_checkpoint_and_a_timm_safetensors_file(tmp_path):
+    """The issue's done-when through the command line: the MAE checkpoint at another image size
+    (16 -> 32 px: the position embedding resampled, the decoder loaded) and timm's 224-px RGB
+    safetensors with a 1000-class head (grid, patch, channels adapted; the head fresh)."""
+    torch.manual_seed(0)
+    mae = save_mae_checkpoint(
+        create_model("vit_tiny_patch16_224", **TINY_MODEL), tmp_path / "m.pth"
+    )
+    timm_file = tmp_path / "vit.safetensors"
+    save_file(random_vit(depth=1, embed_dim=32, num_heads=2).state_dict(), str(timm_file))
+    cases = {
+        "mae-32px": (mae, ["--img-size", "32", "--patch-size", "4"], ["pos_embed resampled from a 4x4 to a 8x8 grid", "MAE decoder loaded"]),
+        "timm": (timm_file, [], ["from a 14x14 to a 4x4 grid", "from 3 to 1 input channels", "from 16x16 to 4x4 patches", "head of task 0 (10 classes) starts fresh: 1000 classes in the file"]),
+    }  # fmt: skip
+    for name, (path, flags, said) in cases.items():
+        out = tmp_path / name
+        args = ["train", *TINY, *flags, "--out", str(out), "--stop-after", "1"]
+        assert cli.main([*args, "--pretrained-path", str(path)]) == 0, name
+        notes = "\n".join(json.loads((out / "data.json").read_text())["pretrained_notes"])
+        for text in said:
+            assert text in notes, (name, text)
 
 
 @pytest.mark.parametrize(
@@ -491,7 +535,11 @@ def test_data_record_says_what_the_built_model_loaded(tmp_path):
     data = experiment.load_data(spec)
     record = experiment.data_record(spec, data, experiment.build_model(spec, data))
     assert record["pretrained_path"] == str(path)
-    assert "head (task 0, 10 classes) loaded" in record["pretrained_notes"]
+    assert record["pretrained_head"] == "auto"
+    unnamed = "the file does not record what its classes mean (only mixfast checkpoints do)"
+    assert f"head of task 0 (10 classes) starts fresh: {unnamed}; " in "\n".join(
+        record["pretrained_notes"]
+    )
     plain = RunSpec(spec.data, ModelConfig(**sizes))
     assert experiment.data_record(plain, data)["pretrained_notes"] == []
 

@@ -20,6 +20,7 @@ from mixfast.budget import (
 )
 from mixfast.data import DATASETS, REGIMES, SSL_POOLS
 from mixfast.model.mae import SL_VIEWS
+from mixfast.model.weights import HEAD_RULES
 from mixfast.schedule import PIPELINES, TRANSITIONS
 from mixfast.train.config import FINETUNE_FROM, NONFINITE, TrainConfig
 from mixfast.train.settings import DataConfig, ModelConfig, RunSpec
@@ -189,6 +190,12 @@ MODEL_FLAGS: FlagSpecs = {
         "encoder, a timm state_dict (.pth, .safetensors), a mixfast last.pt or exported "
         "encoder; position and patch embedding, input channels and heads are adapted to the "
         "run, anything else that differs is an error (docs/weights.md)",
+    ),
+    "pretrained_head": dict(
+        choices=HEAD_RULES,
+        help="which heads of the weights load: auto, those recorded with the run's class names "
+        "(mixfast checkpoints); keep, any whose class count matches (timm's and MAE's rule); "
+        "reset, none; a head that does not load starts fresh (default: %(default)s)",
     ),
 }
 

@@ -31,6 +31,7 @@ from mixfast.data.training import (
     ImageDataset,
     TaskData,
     TrainingData,
+    class_labels,
     dataset_of,
     prepare_training_data,
     resolve_regime,
@@ -257,7 +258,8 @@ def prepare_task_data(
         val_data = None if val is None else _relabeled(val, None, mapping, mean, std)
         test_data = _relabeled(test, None, mapping, mean, std)
         note = ", ".join(n for n in (source.note, note) if n)
-        tasks.append(TaskData(name, sl_data, val_data, test_data, classes, note))
+        labels = class_labels(source.splits, mapping, classes)
+        tasks.append(TaskData(name, sl_data, val_data, test_data, classes, note, labels))
     ssl_data = _ssl_pool(list(sources.values()), regime, mean, std)
     shape, storage = base.data.image_shape, base.data.storage
     skipped, left_out = base.data.skipped, base.data.left_out

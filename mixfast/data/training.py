@@ -132,6 +132,7 @@ class TaskData:
     test_data: ImageDataset
     num_classes: int
     note: str = ""  # where its labels come from, when not the dataset's own classes
+    labels: tuple[str, ...] = ()  # what each class means (class_labels), recorded with the head
 
     @property
     def val_size(self) -> int:
@@ -191,6 +192,11 @@ class TrainingData:
     @property
     def task_classes(self) -> list[int]:
         return [task.num_classes for task in self.tasks]
+
+    @property
+    def task_labels(self) -> list[tuple[str, ...]]:
+        """What each head's classes mean, per task (TaskData.labels)."""
+        return [task.labels for task in self.tasks]
 
     def fit_inputs(self) -> tuple[ImageDataset | None, list, list, list]:
         """(ssl_data, sl_data, val_data, test_data) as MixTrainer.fit takes them, per task."""
@@ -312,13 +318,29 @@ def prepare_training_data(
     sl_data = dataset_of(images[labeled], labels[labeled], mean, std)
     ssl_data = dataset_of(images, labels, mean, std) if regime == "semi-supervised" else None
     test_data = dataset_of(test_images, test_labels, mean, std)
-    task = TaskData(splits.name, sl_data, val_data, test_data, splits.num_classes)
+    labels = class_labels(splits, torch.arange(splits.num_classes), splits.num_classes)
+    task = TaskData(splits.name, sl_data, val_data, test_data, splits.num_classes, "", labels)
     storage = "streamed" if isinstance(splits, FileSplits) else "in-memory"
     skipped = tuple(getattr(splits, "skipped", ()))
     left_out = getattr(splits, "left_out", LeftOut())
     return TrainingData(
         ssl_data, [task], splits.image_shape, mean, std, regime, storage, skipped, left_out
     )
+
+
+def class_labels(
+    splits: ImageSplits | FileSplits, mapping: torch.Tensor, num_classes: int
+) -> tuple[str, ...]:
+    """What each of a task's `num_classes` classes means, from `mapping` (the task label of each
+    dataset class, -1: unused): the dataset's class names ("Sandal"), "name:index" when the source
+    has none ("synthetic:3"), members joined by "+" for a group. A weights file records them with
+    its heads, so a head loads only into a run whose classes mean the same (model/weights.py)."""
+    names = splits.classes or tuple(f"{splits.name}:{i}" for i in range(splits.num_classes))
+    members: list[list[str]] = [[] for _ in range(num_classes)]
+    for cls, label in enumerate(mapping.tolist()):
+        if label >= 0:
+            members[label].append(names[cls])
+    return tuple("+".join(group) for group in members)
 
 
 def _limit(labels: torch.Tensor, total: int, num_classes: int) -> torch.Tensor:

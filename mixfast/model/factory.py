@@ -30,6 +30,8 @@ def create_model(
     pretrained: bool = False,
     pretrained_path: str | os.PathLike | None = None,
     pretrained_cfg_overlay: Mapping | None = None,
+    head_labels: Sequence[Sequence[str]] | None = None,
+    pretrained_head: str = "auto",
     **vit_overrides,
 ) -> MixMAE:
     """Build a MixMAE from a timm ViT name (random init) or an existing VisionTransformer.
@@ -54,6 +56,11 @@ def create_model(
             adapted to the model (position and patch embedding, channels, heads) and
             `model.pretrained_notes` lists what was done; weights that do not fit raise
             SettingError. Without: `model.pretrained_notes` is [].
+        head_labels: what each head's classes mean, per task (e.g. [("cat", "dog")]): kept as
+            `model.head_labels` and written into mixfast checkpoints with the weights.
+        pretrained_head: which heads of the weights load: "auto" those whose file records the
+            same `head_labels`; "keep" every head whose class count matches (timm's and MAE's
+            rule); "reset" none (mixfast.model.weights.HEAD_RULES).
         **vit_overrides: other timm kwargs (depth, embed_dim, num_heads, drop_path_rate, ...).
     """
     if task_classes is not None:
@@ -94,12 +101,25 @@ def create_model(
         norm_pix_loss=norm_pix_loss,
         packed_attention=packed_attention,
     )
+    if head_labels is not None:
+        model.head_labels = _checked_labels(head_labels, model.task_classes)
     notes: list[str] = []
     if weights_name is not None:
         notes = load_timm_pretrained(
-            model, weights_name, pretrained_cfg_overlay=pretrained_cfg_overlay
+            model, weights_name, pretrained_cfg_overlay=pretrained_cfg_overlay, head=pretrained_head
         )
     elif pretrained_path is not None:
-        notes = load_weights(model, pretrained_path)
+        notes = load_weights(model, pretrained_path, head=pretrained_head)
     model.pretrained_notes = notes
     return model
+
+
+def _checked_labels(labels: Sequence[Sequence[str]], classes: Sequence[int]) -> list[list[str]]:
+    """head_labels as lists, one label per class of each head (ValueError otherwise)."""
+    labels = [[str(label) for label in task] for task in labels]
+    if [len(task) for task in labels] != list(classes):
+        raise ValueError(
+            f"head_labels must give one label per class of each head {list(classes)}, got "
+            f"{[len(task) for task in labels]} labels"
+        )
+    return labels

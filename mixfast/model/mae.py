@@ -68,6 +68,7 @@ class MixMAE(MixedStep, MAEDecoder, nn.Module):
         check_decoder(decoder_dim, decoder_depth, decoder_heads)
         self.encoder = vit
         self.task_classes = [int(c) for c in task_classes]
+        self.head_labels: list[list[str]] | None = None  # each head's class names (create_model)
         self.norm_pix_loss = norm_pix_loss
         self.packed_attention = packed_attention
         self._use_varlen(vit.cls_token)  # validates packed_attention

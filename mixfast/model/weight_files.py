@@ -52,7 +52,8 @@ class WeightsSource:
 
     `encoder`: timm VisionTransformer keys (head 0 is `head.*`); `decoder`: MAE decoder keys
     (empty: an encoder-only file); `extra_heads`: `extra_heads.*` keys without the prefix;
-    `norm_pix_loss`: the reconstruction target the file was trained with, when it says.
+    `norm_pix_loss`: the reconstruction target the file was trained with, when it says;
+    `head_labels`: what each head's classes mean, per task, when it says (mixfast checkpoints).
     """
 
     setting: str  # the setting that named it: "pretrained_path" or "pretrained"
@@ -62,6 +63,7 @@ class WeightsSource:
     decoder: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_heads: dict[str, torch.Tensor] = field(default_factory=dict)
     norm_pix_loss: bool | None = None
+    head_labels: list[list[str]] | None = None
     notes: list[str] = field(default_factory=list)  # what reading it found
 
     def error(self, text: str) -> SettingError:
@@ -170,7 +172,10 @@ def _from_object(setting: str, name: str, obj: Mapping) -> WeightsSource:
         step = position.get("global_step") if isinstance(position, Mapping) else None
         at = f" after {step} optimizer steps" if step is not None else ""
         source = source_of_state(setting, name, f"a mixfast checkpoint{at}", obj["model"])
+        source.head_labels = _head_labels(obj.get("head_labels"))
         source.notes.append("its optimizer, position and settings are not used: a new run starts")
+        if obj.get("model_ema") is not None:
+            source.notes.append("its EMA weights (model_ema) are not used: the raw weights load")
         return source
     if isinstance(obj.get("model"), Mapping):  # facebookresearch/mae save_model / releases
         state = obj["model"]
@@ -198,6 +203,15 @@ def _from_object(setting: str, name: str, obj: Mapping) -> WeightsSource:
             setting, name, "a timm train checkpoint ('state_dict')", obj["state_dict"]
         )
     return source_of_state(setting, name, "a state_dict", obj)
+
+
+def _head_labels(value: Any) -> list[list[str]] | None:
+    """A checkpoint's head_labels when well formed (lists of strings), else None (unknown)."""
+    if not isinstance(value, list) or not all(isinstance(task, list) for task in value):
+        return None
+    if not all(isinstance(label, str) for task in value for label in task):
+        return None
+    return [list(task) for task in value]
 
 
 def source_of_state(setting: str, name: str, kind: str, state: Mapping) -> WeightsSource:

@@ -8,8 +8,9 @@ of notes).
 Adaptation (each step is a note): the position embedding resampled to the run's grid
 (timm resample_abs_pos_embed, one prefix token); the patch embedding resampled to the run's patch
 size (timm resample_patch_embed; decoder_pred then starts fresh) and adapted to its input
-channels (timm adapt_input_conv); the head reset when the classes differ; extra heads fresh
-unless the file holds them; the decoder loaded when present (its decoder_pos_embed is not: ours
+channels (timm adapt_input_conv); each task's head loaded by the `head` rule (HEAD_RULES: by
+default only from a file that records the same class names, as mixfast checkpoints do; a head
+that does not load starts fresh); the decoder loaded when present (its decoder_pos_embed is not: ours
 is the fixed sin-cos of the run's grid), fresh otherwise. Anything else that differs (width,
 depth, MLP size, decoder width or depth, layers one side lacks) is a `SettingError` naming the
 file, the keys and their shapes, raised before the model is touched. Attention heads are not
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixfast.checks import SettingError
+from mixfast.checks import SettingError, check_choice
 from mixfast.model.weight_files import (
     DECODER_KEYS,
     DECODER_PREFIXES,
@@ -40,28 +41,46 @@ from mixfast.model.weight_files import (
     source_of_state,
 )
 
-__all__ = ["WeightsSource", "apply_weights", "load_timm_pretrained", "load_weights", "read_weights"]
+__all__ = [
+    "HEAD_RULES",
+    "WeightsSource",
+    "apply_weights",
+    "load_timm_pretrained",
+    "load_weights",
+    "read_weights",
+]
 
 ADAPTED = ("pos_embed", "patch_embed.proj.weight", "head.weight", "head.bias")
+# which heads of a file load: "auto" those recorded with the run's class names (a class count
+# alone says nothing of what the classes mean: ten classes of one dataset are not another's
+# ten); "keep" every head whose class count matches (timm's and MAE's fine-tuning rule);
+# "reset" none. A head that does not load starts fresh, as the task's new head.
+HEAD_RULES = ("auto", "keep", "reset")
 
 
 # ---------------------------------------------------------------------------------- loading
 
 
 def load_weights(
-    model: nn.Module, path: str | os.PathLike, *, setting: str = "pretrained_path"
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    setting: str = "pretrained_path",
+    head: str = "auto",
 ) -> list[str]:
-    """Read `path`, check that it fits `model`, adapt and load it. -> the notes, one line each.
+    """Read `path`, check that it fits `model`, adapt and load it (its heads by the `head`
+    rule, HEAD_RULES). -> the notes, one line each.
 
     SettingError before the model is touched when the file is refused or does not fit.
     """
-    return apply_weights(model, read_weights(path, setting))
+    return apply_weights(model, read_weights(path, setting), head=head)
 
 
-def apply_weights(model: nn.Module, source: WeightsSource) -> list[str]:
+def apply_weights(model: nn.Module, source: WeightsSource, *, head: str = "auto") -> list[str]:
     """Load a read `WeightsSource` into a MixMAE (see the module docstring). -> the notes."""
+    check_choice("pretrained_head", head, HEAD_RULES)
     _check_fit(model, source)  # every refusal first: nothing is changed before
-    state, notes = _adapt(model, source)
+    state, notes = _adapt(model, source, head)
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:  # pragma: no cover - _adapt only makes the model's keys
         raise RuntimeError(f"internal: keys the model lacks {result.unexpected_keys}")
@@ -78,7 +97,11 @@ def apply_weights(model: nn.Module, source: WeightsSource) -> list[str]:
 
 
 def load_timm_pretrained(
-    model: nn.Module, name: str, *, pretrained_cfg_overlay: Mapping[str, Any] | None = None
+    model: nn.Module,
+    name: str,
+    *,
+    pretrained_cfg_overlay: Mapping[str, Any] | None = None,
+    head: str = "auto",
 ) -> list[str]:
     """The pretrained weights of timm model `name` (a tag allowed: "vit_base_patch16_224.mae")
     through timm's own loader and cache (`timm.create_model(name, pretrained=True)`, the
@@ -112,7 +135,7 @@ def load_timm_pretrained(
         "pretrained", name, f"timm's pretrained {full} (from {where})", vit.state_dict()
     )
     del vit
-    return apply_weights(model, source)
+    return apply_weights(model, source, head=head)
 
 
 def _where_timm_looks(name: str, overlay: Mapping[str, Any]) -> str:
@@ -241,7 +264,9 @@ def _decoder_summary(own: Mapping, dec: Mapping) -> list[str]:
 # ---------------------------------------------------------------------------------- adapting
 
 
-def _adapt(model: nn.Module, source: WeightsSource) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _adapt(
+    model: nn.Module, source: WeightsSource, head: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The model's keys -> the tensors to load (adapted), and the notes of every step."""
     from timm.layers import resample_abs_pos_embed, resample_patch_embed
     from timm.models._manipulate import adapt_input_conv
@@ -282,7 +307,7 @@ def _adapt(model: nn.Module, source: WeightsSource) -> tuple[dict[str, torch.Ten
     state = {f"encoder.{k}": v for k, v in enc.items() if not k.startswith("head.")}
     loaded = len(state)
     notes.append(f"encoder loaded: {loaded} tensors ({_count(_depth(own, 'blocks.'), 'block')})")
-    notes += _heads(model, source, own, state)
+    notes += _heads(model, source, head, state)
     notes += _decoder(model, source, state, patch_changed)
     heads = model.encoder.blocks[0].attn.num_heads
     dec_heads = model.decoder_blocks[0].attn.num_heads
@@ -293,35 +318,80 @@ def _adapt(model: nn.Module, source: WeightsSource) -> tuple[dict[str, torch.Ten
     return state, notes
 
 
-def _heads(model: nn.Module, source: WeightsSource, own: Mapping, state: dict) -> list[str]:
+def _heads(model: nn.Module, source: WeightsSource, rule: str, state: dict) -> list[str]:
+    """Each task's head into `state` when the `rule` (HEAD_RULES) lets it load; a note per task."""
+    file_heads = {0: _file_head(source.encoder, "head.")}
+    for k in range(1, model.num_tasks):
+        file_heads[k] = _file_head(source.extra_heads, f"{k - 1}.")
     notes = []
-    classes = own["head.weight"].shape[0]
-    head = source.encoder.get("head.weight")
-    if head is None:
-        notes.append(f"head (task 0, {classes} classes) starts fresh: the file has none")
-    elif head.shape[0] != classes or "head.bias" not in source.encoder:
-        notes.append(
-            f"head (task 0) reset: {head.shape[0]} classes in the file, {classes} in the run"
-        )
-    else:
-        state["encoder.head.weight"] = head
-        state["encoder.head.bias"] = source.encoder["head.bias"]
-        notes.append(f"head (task 0, {classes} classes) loaded")
-    if not model.extra_heads:
-        return notes
-    count = len(model.extra_heads)
-    tasks = "task 1" if count == 1 else f"tasks 1-{count}"
-    own_extra = model.extra_heads.state_dict()
-    fits = set(own_extra) == set(source.extra_heads) and all(
-        source.extra_heads[k].shape == v.shape for k, v in own_extra.items()
-    )
-    if fits:
-        state.update({f"extra_heads.{k}": v for k, v in source.extra_heads.items()})
-        notes.append(f"extra heads ({tasks}) loaded")
-    else:
-        why = "the file's differ" if source.extra_heads else "the file has none"
-        notes.append(f"extra heads ({tasks}) start fresh: {why}")
+    for task, classes in enumerate(model.task_classes):
+        tensors = file_heads[task]
+        why_not = _head_refusal(model, source, rule, task, classes, tensors)
+        what = f"head of task {task} ({classes} classes)"
+        if why_not:
+            notes.append(f"{what} starts fresh: {why_not}")
+            continue
+        prefix = "encoder.head." if task == 0 else f"extra_heads.{task - 1}."
+        state.update({prefix + name: tensor for name, tensor in tensors.items()})
+        notes.append(f"{what} loaded: {_head_reason(model, source, rule, task)}")
     return notes
+
+
+def _file_head(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """{"weight", "bias"} of one head of the file ({} unless it holds both)."""
+    head = {name: tensors.get(prefix + name) for name in ("weight", "bias")}
+    return head if all(t is not None for t in head.values()) else {}
+
+
+def _head_refusal(
+    model: nn.Module, source: WeightsSource, rule: str, task: int, classes: int, tensors: dict
+) -> str:
+    """Why the file's head of `task` does not load ("" when it does)."""
+    if rule == "reset":
+        return "--pretrained-head reset"
+    if not tensors:
+        return "the file has none"
+    if tensors["weight"].shape[0] != classes:
+        return f"{tensors['weight'].shape[0]} classes in the file, {classes} in the run"
+    width = model.encoder.embed_dim
+    if tensors["weight"].shape[1:] != (width,) or tensors["bias"].shape != (classes,):
+        shape = list(tensors["weight"].shape)
+        return f"its weight is {shape} in the file, [{classes}, {width}] in the run"
+    if rule == "keep":
+        return ""
+    file_labels, run_labels = _labels(source.head_labels, task), _labels(model.head_labels, task)
+    if file_labels is None:
+        return (
+            "the file does not record what its classes mean (only mixfast checkpoints do); "
+            "--pretrained-head keep loads a head whose class count matches"
+        )
+    if run_labels is None:
+        return "the run's classes are not named (create_model's head_labels)"
+    if file_labels != run_labels:
+        return f"its classes ({_shown(file_labels)}) are not the run's ({_shown(run_labels)})"
+    return ""
+
+
+def _head_reason(model: nn.Module, source: WeightsSource, rule: str, task: int) -> str:
+    if rule == "auto":
+        return f"the same classes ({_shown(_labels(model.head_labels, task))})"
+    file_labels, run_labels = _labels(source.head_labels, task), _labels(model.head_labels, task)
+    if file_labels is not None and run_labels is not None and file_labels != run_labels:
+        return (
+            f"--pretrained-head keep, though its classes ({_shown(file_labels)}) are not the "
+            f"run's ({_shown(run_labels)})"
+        )
+    return "--pretrained-head keep: the class count matches"
+
+
+def _labels(labels: list[list[str]] | None, task: int) -> list[str] | None:
+    return list(labels[task]) if labels is not None and task < len(labels) else None
+
+
+def _shown(labels: list[str] | None, listed: int = 4) -> str:
+    labels = labels or []
+    more = f", ... ({len(labels)})" if len(labels) > listed else ""
+    return ", ".join(labels[:listed]) + more
 
 
 def _decoder(

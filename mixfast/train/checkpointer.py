@@ -12,6 +12,7 @@ mixfast/checkpoint.py):
     Meters (meters.py)             epoch_state                 sums of the epoch in progress
     RunLog (run_log.py)            totals, rows                totals, metrics rows so far
     the process                    rng                         torch / CUDA / Python / numpy
+    the model's heads              head_labels                 their class names, per task
     the run                        config, resolved            TrainConfig, RunPlan
 
 The resume check lives here, once: the checkpoint's TrainConfig against the run's (the
@@ -63,7 +64,7 @@ class Checkpointer:
 
     def state_dict(self) -> dict[str, Any]:
         model = None if self.sharded else self.model.state_dict()  # sharded: its own files
-        state = {"model": model, "rng": ckpt.rng_state()}
+        state = {"model": model, "rng": ckpt.rng_state(), "head_labels": self._head_labels()}
         for component in self.components:
             state.update(component.state_dict())
         if self.sharded:
@@ -94,6 +95,11 @@ class Checkpointer:
         if self.folder is not None and self.folder.resume:
             self.load_state_dict(self.folder.checkpoint())
             self.folder.forget_checkpoint()
+
+    def _head_labels(self) -> list[list[str]] | None:
+        """What the heads' classes mean (model.head_labels): a run started from this
+        checkpoint loads a head only for the same classes (mixfast/model/weights.py)."""
+        return getattr(self.model, "head_labels", None)
 
     def _optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer of the current stage (OptimizerStages among the components)."""

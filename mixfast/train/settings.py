@@ -15,6 +15,7 @@ from mixfast.checks import SettingError, check_choice, check_number
 from mixfast.data import REGIMES
 from mixfast.data.files import MEMORY_CAP_GB
 from mixfast.data.training import CROP_SCALE
+from mixfast.model.weights import HEAD_RULES
 from mixfast.train.config import TrainConfig
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
@@ -82,6 +83,7 @@ class ModelConfig:
     decoder_depth: int | None = None
     pretrained: bool = False  # start from the model's timm pretrained weights (timm's cache)
     pretrained_path: str | None = None  # start from a weights file (mixfast/model/weights.py)
+    pretrained_head: str = "auto"  # which heads of the weights load (weights.py's HEAD_RULES)
     drop_path: float = 0.0  # stochastic depth rate (timm's drop_path_rate), every training step
 
     def validate(self) -> None:
@@ -97,6 +99,7 @@ class ModelConfig:
         check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         if self.pretrained and self.pretrained_path is not None:
             raise SettingError("give {pretrained} or {pretrained_path}, not both")
+        check_choice("pretrained_head", self.pretrained_head, HEAD_RULES)
         path = self.pretrained_path
         if path is not None and not Path(path).is_file():
             raise SettingError(f"{{pretrained_path}} {path}: no such file")

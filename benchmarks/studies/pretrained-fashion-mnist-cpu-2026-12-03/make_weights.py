@@ -2,9 +2,11 @@
 its classification heads, as a plain state_dict (MixMAE keys: encoder and MAE decoder).
 
 The pre-training labels classes 0-4 and the study fine-tunes on classes 5-9: five classes
-each, so `--pretrained-path` would load last.pt's head 0 (it matches heads by their number of
-classes, not by which classes). An MAE checkpoint carries no head; without one the run's head
-starts fresh, as from MAE's weights.
+each. When the study ran, `--pretrained-path` loaded a head whose number of classes matched, so
+last.pt's head 0 would have loaded; since then last.pt records its class names and the default
+`--pretrained-head auto` leaves a head of other classes fresh (docs/weights.md). The head is
+still left out here, so the study's file is what it was. An MAE checkpoint carries no head;
+without one the run's head starts fresh, as from MAE's weights.
 
     python make_weights.py RUN_DIR/last.pt OUT.pt
 """

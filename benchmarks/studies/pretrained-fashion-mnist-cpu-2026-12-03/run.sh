@@ -6,9 +6,9 @@
 #  1. pre-train: MAE on classes 0-4 (every training image of them: 27,500, and 2,500 for
 #     validation), PRETRAIN_EPOCHS SSL epochs at batch 128. mixfast has no SSL-only pipeline
 #     (sl_epochs >= 1), so the run is ssl+sl with one SL epoch at blr 1e-9 (AdamW steps of
-#     ~5e-10: the SSL weights). make_weights.py writes its encoder + decoder without the head:
-#     the head of classes 0-4 would load into a run of classes 5-9 (five classes too; heads
-#     match by count).
+#     ~5e-10: the SSL weights). make_weights.py writes its encoder + decoder without the head
+#     (when the study ran, a head of classes 0-4 loaded into a run of classes 5-9 by its count;
+#     now --pretrained-head auto leaves it fresh: last.pt names its classes).
 #  2. compare on classes 5-9, data-limited, fractions 0.1 and 1.0, TRAIN_LIMIT images of the
 #     whole set (half of them classes 5-9; 10 % of those validation): from scratch ("scratch")
 #     and from the weights ("weights"), sl / ssl+sl / mix, the same seeds.
