@@ -206,6 +206,18 @@ def test_compare_refuses_run_folders_it_would_overwrite(tmp_path):
         check_compare_args(args)
 
 
+def test_compare_under_torchrun_exits_2_before_any_work(tmp_path, monkeypatch, capsys):
+    """Every process would run the whole grid into the same folders (it hung at the warm-up)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "cmp"
+    assert (
+        cli.main(["compare", *TINY, "--fractions", "0.5", "--seeds", "3", "--out", str(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "not under torchrun (WORLD_SIZE=2)" in err and "mixfast train --pipeline" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -14,6 +14,7 @@ from mixfast.compare import holds_run
 from mixfast.data import REGIMES
 from mixfast.provenance import provenance
 from mixfast.schedule import PIPELINES
+from mixfast.train.distributed import env_world
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -100,6 +101,13 @@ def split_fraction_seeds(args: argparse.Namespace) -> None:
 
 
 def check_compare_args(args: argparse.Namespace) -> Path:
+    if env_world() > 1:  # every process would run the whole grid into the same folders
+        raise UsageError(
+            f"compare runs its cells one after another in one process, not under torchrun "
+            f"(WORLD_SIZE={env_world()}): run `mixfast compare` without torchrun (one device, "
+            "--device), or train each pipeline on many devices with `torchrun ... mixfast train "
+            "--pipeline PIPELINE`"
+        )
     split_fraction_seeds(args)
     for fraction in args.fractions:
         if not 0.0 < fraction <= 1.0:
