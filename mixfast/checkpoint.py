@@ -287,10 +287,17 @@ def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> N
         )
 
 
+# the safetensors metadata key of an export's head-0 class names (JSON), which --pretrained-path
+# reads as a last.pt's head_labels; a .pt export is a bare state_dict and names no classes
+EXPORT_LABELS_KEY = "mixfast.head_labels"
+
+
 def export_encoder(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Save the encoder as a timm VisionTransformer state_dict (.safetensors or torch.save)."""
+    """Save the encoder as a timm VisionTransformer state_dict (.safetensors or torch.save);
+    a .safetensors file also records head 0's class names (model.head_labels) in its metadata."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.export_timm().state_dict().items()}
+    labels = getattr(model, "head_labels", None)
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import save_file
@@ -299,7 +306,8 @@ def export_encoder(model: nn.Module, path: str | os.PathLike) -> Path:
                 "saving .safetensors needs `pip install safetensors`; "
                 "or use a .pt path (torch.save)"
             ) from err
-        save_file(state, str(path))
+        metadata = {EXPORT_LABELS_KEY: json.dumps(labels[:1])} if labels else None
+        save_file(state, str(path), metadata=metadata)
     else:
         torch.save(state, path)
     return path

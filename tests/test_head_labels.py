@@ -138,3 +138,20 @@ def _any_weights(tmp_path: Path) -> Path:
     path = tmp_path / "w.pt"
     torch.save(create_model("vit_tiny_patch16_224", **TINY_KWARGS).state_dict(), path)
     return path
+
+
+def test_a_safetensors_export_records_head_0s_classes(tmp_path):
+    from mixfast.checkpoint import export_encoder
+
+    torch.manual_seed(1)
+    labels = [[f"c{i}" for i in range(TINY_KWARGS["num_classes"])]]
+    source = create_model("vit_tiny_patch16_224", **TINY_KWARGS, head_labels=labels)
+    exported = export_encoder(source, tmp_path / "encoder.safetensors")
+    bare = export_encoder(source, tmp_path / "encoder.pt")  # a bare state_dict: no names
+    assert read_weights(exported).head_labels == labels and read_weights(bare).head_labels is None
+    for path, loads in ((exported, True), (bare, False)):
+        model = create_model(
+            "vit_tiny_patch16_224", **TINY_KWARGS, head_labels=labels, pretrained_path=path
+        )
+        same = torch.equal(model.encoder.head.weight, source.encoder.head.weight)
+        assert same is loads, path.name

@@ -17,6 +17,7 @@ with safetensors; a file whose loading would run other code is refused):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -84,9 +85,11 @@ def read_weights(path: str | os.PathLike, setting: str = "pretrained_path") -> W
     if not path.is_file():
         raise SettingError(f"{{{setting}}} {plain(name)}: no such file")
     if path.suffix == ".safetensors":
-        return source_of_state(
+        source = source_of_state(
             setting, name, "a safetensors state_dict", _load_safetensors(path, setting)
         )
+        source.head_labels = _export_labels(path)
+        return source
     obj = _torch_load(path, setting)
     if not isinstance(obj, Mapping):
         raise SettingError(
@@ -203,6 +206,20 @@ def _from_object(setting: str, name: str, obj: Mapping) -> WeightsSource:
             setting, name, "a timm train checkpoint ('state_dict')", obj["state_dict"]
         )
     return source_of_state(setting, name, "a state_dict", obj)
+
+
+def _export_labels(path: Path) -> list[list[str]] | None:
+    """Head 0's class names a mixfast export recorded in its safetensors metadata (else None)."""
+    from safetensors import safe_open
+
+    from mixfast.checkpoint import EXPORT_LABELS_KEY
+
+    with safe_open(str(path), framework="pt") as file:
+        text = (file.metadata() or {}).get(EXPORT_LABELS_KEY)
+    try:
+        return _head_labels(json.loads(text)) if text else None
+    except ValueError:  # not JSON: the classes stay unknown
+        return None
 
 
 def _head_labels(value: Any) -> list[list[str]] | None:
