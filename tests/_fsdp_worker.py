@@ -4,7 +4,8 @@ In one process group (made here once, so the runs reuse it): a DDP run (OUT/ddp)
 stopped at step STOP (OUT/ddp-stopped), the same run
 under FSDP (OUT/fsdp) and under FSDP with gradient checkpointing (OUT/fsdp-gc), the FSDP run stopped at step STOP (OUT/stopped, copied to
 OUT/stopped-copy for the one-process resume) and resumed (OUT/stopped), the same stopped in the
-SSL phase and resumed (OUT/stopped-ssl), and the packed-forward
+SSL phase and resumed (OUT/stopped-ssl), an FSDP run whose rank 1 cannot read its picture
+images (OUT/pictures-rank1), and the packed-forward
 check (OUT/packed-rank<R>.json): the parameters of an encoder block are whole while its packed
 forward runs and sharded after it.
 """
@@ -24,7 +25,7 @@ from _tiny import tiny_data, tiny_model
 
 from mixfast.checkpoint import RunFolder
 from mixfast.ops import random_masking
-from mixfast.train import train
+from mixfast.train import pictures, train
 from mixfast.train.sharding import shard_model
 
 STOP = 6  # mid-epoch 2 (4 steps an epoch)
@@ -45,6 +46,23 @@ def run(out: Path, **overrides) -> None:
         train(cfg, model, None, tiny_data(64, seed=1), tiny_data(20, seed=2), folder=folder)
     finally:
         folder.release()
+
+
+def pictures_failing_on_rank_1(out: Path) -> None:
+    """An FSDP run whose rank 1 cannot read its picture images: the ranks agree to draw none
+    (without that, rank 0 would wait in the reconstruction forward's all-gather for ever)."""
+    real = pictures.picture_images
+
+    def unreadable_on_rank_1(data):
+        if dist.get_rank() == 1:
+            raise OSError("rank 1 cannot read its picture images")
+        return real(data)
+
+    pictures.picture_images = unreadable_on_rank_1
+    try:
+        run(out, fsdp=True)
+    finally:
+        pictures.picture_images = real
 
 
 def packed_check(out: Path) -> None:
@@ -86,6 +104,7 @@ def main(out: str) -> None:
     run(root / "stopped", fsdp=True, resume=True)
     run(root / "stopped-ssl", fsdp=True, stop_after=STOP_SSL)  # the heads have no AdamW state
     run(root / "stopped-ssl", fsdp=True, resume=True)
+    pictures_failing_on_rank_1(root / "pictures-rank1")
     packed_check(root)
     dist.destroy_process_group()
 

@@ -73,6 +73,16 @@ def test_fsdp_matches_ddp(runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_pictures_one_rank_cannot_read_are_turned_off_on_every_rank(runs):
+    """The run finishes (no rank waits in the collective forward) and draws no picture, while
+    the same run with readable images draws them."""
+    assert (runs / "fsdp" / "recon-last.png").is_file()
+    assert (runs / "pictures-rank1" / "result.json").is_file()
+    assert not list((runs / "pictures-rank1").glob("recon-*.png"))
+    assert losses(runs / "pictures-rank1") == losses(runs / "fsdp")  # pictures touch no RNG
+
+
+@pytest.mark.slow
 def test_packed_forward_sees_whole_parameters_then_sharded(runs):
     for rank in (0, 1):
         record = json.loads((runs / f"packed-rank{rank}.json").read_text())

@@ -213,6 +213,7 @@ class Pictures:
         pretrains = any(phase != "sl" for phase in plan.epoch_phases)
         # under FSDP the forward is collective: every rank computes, the main rank draws
         self.draws = log.folder is not None
+        self.collective = config.fsdp
         self.enabled = (self.draws or config.fsdp) and self.every > 0 and drawable and pretrains
         self.enabled = self.enabled and self.data is not None
         self._images: tuple[torch.Tensor, Any, Any] | None = None
@@ -231,14 +232,17 @@ class Pictures:
     def after_epoch(self, spec: EpochSpec, global_step: int) -> None:
         """Draw the pictures of epoch `spec`'s end. A picture that cannot be drawn (data or a
         model it cannot read) turns them off with a warning: it never stops the training (nor,
-        under DDP, leaves the other ranks waiting for this one)."""
+        under DDP, leaves the other ranks waiting for this one; under FSDP every rank first
+        agrees that its images are ready, so one rank's failure turns them off everywhere
+        before the collective forward)."""
         names = self.names(spec)
         if not names:
             return
+        failure = self._load_images()
+        if not self._everyone_ready(failure is None):
+            self._turn_off(failure or "another rank could not read its picture images")
+            return
         try:
-            if self._images is None:
-                images, mean, std = picture_images(self.data)
-                self._images = images.to(self.plan.device), mean, std
             images, mean, std = self._images
             amp = self.plan.amp
             autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else None
@@ -247,13 +251,34 @@ class Pictures:
                 return
             grid = reconstruction_grid(rows, mean, std)
         except Exception as exc:  # noqa: BLE001 - pictures are a view of the run, not the run
-            warnings.warn(
-                f"mixfast: no reconstruction pictures from here on: {type(exc).__name__}: {exc}",
-                stacklevel=2,
-            )
-            self.enabled = False
+            self._turn_off(f"{type(exc).__name__}: {exc}")
             return
         self.log.add_picture(names, grid, global_step)
+
+    def _load_images(self) -> str | None:
+        """The picture images on the device, once. -> why they cannot be read (None: ready)."""
+        if self._images is not None:
+            return None
+        try:
+            images, mean, std = picture_images(self.data)
+            self._images = images.to(self.plan.device), mean, std
+        except Exception as exc:  # noqa: BLE001 - pictures are a view of the run, not the run
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _everyone_ready(self, ready: bool) -> bool:
+        """Under FSDP in a process group: whether every rank is ready (one all-reduce)."""
+        import torch.distributed as dist
+
+        if not (self.collective and dist.is_available() and dist.is_initialized()):
+            return ready
+        flag = torch.tensor([int(ready)], device=self.plan.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _turn_off(self, why: str) -> None:
+        warnings.warn(f"mixfast: no reconstruction pictures from here on: {why}", stacklevel=3)
+        self.enabled = False
 
 
 # --------------------------------------------------------------------------------------------
