@@ -109,9 +109,8 @@ def with_budget(spec: RunSpec, data: TrainingData) -> tuple[RunSpec, Budget | No
         return spec, None
     train = spec.train
     given = {name: None if name in spec.auto else getattr(train, name) for name in AUTO_SETTINGS}
-    labeled = max(len(task.sl_data) for task in data.tasks)
     devices = env_world() * train.accum_steps
-    budget = auto_budget(labeled, data.ssl_size, devices=devices, **given)
+    budget = auto_budget(data.sl_size, data.ssl_size, devices=devices, **given)
     sized = {name: getattr(budget, name) for name in spec.auto}
     return dataclasses.replace(spec.replace(train=sized), auto=()), budget
 
@@ -134,10 +133,9 @@ def check_data_fits(spec: RunSpec, data: TrainingData) -> None:
         raise SettingError(
             f"{{task_weights}} has {len(weights)} weights for {len(data.tasks)} task(s)"
         )
-    ssl_size = len(data.ssl_data if data.ssl_data is not None else data.tasks[0].sl_data)
-    sl_size = max(len(task.sl_data) for task in data.tasks)
     # the plan can be made (each objective's steps per pass as the trainer's streams count them)
-    config.schedule().epoch_steps(steps_per_pass(ssl_size, batch), steps_per_pass(sl_size, batch))
+    passes = steps_per_pass(data.ssl_size, batch), steps_per_pass(data.sl_size, batch)
+    config.schedule().epoch_steps(*passes)
     kwargs = model_kwargs(spec.model, data)
     patches = (kwargs["img_size"] // kwargs["patch_size"]) ** 2
     if config.pipeline != "sl" and num_kept(patches, config.mask_ratio) < 1:

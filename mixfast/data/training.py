@@ -177,6 +177,11 @@ class TrainingData:
         return self.tasks[0].val_size
 
     @property
+    def sl_size(self) -> int:
+        """Labeled images of the largest task (the SL streams' longest pass)."""
+        return max(len(task.sl_data) for task in self.tasks)
+
+    @property
     def ssl_size(self) -> int:
         """Images the SSL objective passes over (task 0's labeled ones when no pool)."""
         return len(self.sl_data if self.ssl_data is None else self.ssl_data)
