@@ -85,10 +85,9 @@ def read_weights(path: str | os.PathLike, setting: str = "pretrained_path") -> W
     if not path.is_file():
         raise SettingError(f"{{{setting}}} {plain(name)}: no such file")
     if path.suffix == ".safetensors":
-        source = source_of_state(
-            setting, name, "a safetensors state_dict", _load_safetensors(path, setting)
-        )
-        source.head_labels = _export_labels(path)
+        state, metadata = _load_safetensors(path, setting)
+        source = source_of_state(setting, name, "a safetensors state_dict", state)
+        source.head_labels = _export_labels(metadata)
         return source
     obj = _torch_load(path, setting)
     if not isinstance(obj, Mapping):
@@ -99,16 +98,18 @@ def read_weights(path: str | os.PathLike, setting: str = "pretrained_path") -> W
     return _from_object(setting, name, obj)
 
 
-def _load_safetensors(path: Path, setting: str) -> dict[str, torch.Tensor]:
+def _load_safetensors(path: Path, setting: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(the tensors, the file's metadata), in one read."""
     try:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
     except ImportError as err:  # pragma: no cover - safetensors ships with timm
         raise SettingError(
             f"{{{setting}}} {plain(str(path))}: reading .safetensors needs "
             "`pip install safetensors`"
         ) from err
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - any parse failure names the file
         raise SettingError(
             f"{{{setting}}} {plain(str(path))}: not a readable safetensors file "
@@ -208,14 +209,11 @@ def _from_object(setting: str, name: str, obj: Mapping) -> WeightsSource:
     return source_of_state(setting, name, "a state_dict", obj)
 
 
-def _export_labels(path: Path) -> list[list[str]] | None:
+def _export_labels(metadata: Mapping[str, str]) -> list[list[str]] | None:
     """Head 0's class names a mixfast export recorded in its safetensors metadata (else None)."""
-    from safetensors import safe_open
-
     from mixfast.checkpoint import EXPORT_LABELS_KEY
 
-    with safe_open(str(path), framework="pt") as file:
-        text = (file.metadata() or {}).get(EXPORT_LABELS_KEY)
+    text = metadata.get(EXPORT_LABELS_KEY)
     try:
         return _head_labels(json.loads(text)) if text else None
     except ValueError:  # not JSON: the classes stay unknown

@@ -326,14 +326,15 @@ def _heads(model: nn.Module, source: WeightsSource, rule: str, state: dict) -> l
     notes = []
     for task, classes in enumerate(model.task_classes):
         tensors = file_heads[task]
-        why_not = _head_refusal(model, source, rule, task, classes, tensors)
+        names = _labels(source.head_labels, task), _labels(model.head_labels, task)
+        why_not = _head_refusal(model, rule, classes, tensors, names)
         what = f"head of task {task} ({classes} classes)"
         if why_not:
             notes.append(f"{what} starts fresh: {why_not}")
             continue
         prefix = "encoder.head." if task == 0 else f"extra_heads.{task - 1}."
         state.update({prefix + name: tensor for name, tensor in tensors.items()})
-        notes.append(f"{what} loaded: {_head_reason(model, source, rule, task)}")
+        notes.append(f"{what} loaded: {_head_reason(rule, names)}")
     return notes
 
 
@@ -343,10 +344,11 @@ def _file_head(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, to
     return head if all(t is not None for t in head.values()) else {}
 
 
-def _head_refusal(
-    model: nn.Module, source: WeightsSource, rule: str, task: int, classes: int, tensors: dict
-) -> str:
-    """Why the file's head of `task` does not load ("" when it does)."""
+Names = tuple[list[str] | None, list[str] | None]  # a head's class names: (the file's, the run's)
+
+
+def _head_refusal(model: nn.Module, rule: str, classes: int, tensors: dict, names: Names) -> str:
+    """Why the file's head (`tensors`) does not load ("" when it does)."""
     if rule == "reset":
         return "--pretrained-head reset"
     if not tensors:
@@ -359,7 +361,7 @@ def _head_refusal(
         return f"its weight is {shape} in the file, [{classes}, {width}] in the run"
     if rule == "keep":
         return ""
-    file_labels, run_labels = _labels(source.head_labels, task), _labels(model.head_labels, task)
+    file_labels, run_labels = names
     if file_labels is None:
         return (
             "the file does not record what its classes mean (only mixfast checkpoints do); "
@@ -367,21 +369,22 @@ def _head_refusal(
         )
     if run_labels is None:
         return "the run's classes are not named (create_model's head_labels)"
-    if file_labels != run_labels:
-        return f"its classes ({_shown(file_labels)}) are not the run's ({_shown(run_labels)})"
-    return ""
+    return _other_classes(names) if file_labels != run_labels else ""
 
 
-def _head_reason(model: nn.Module, source: WeightsSource, rule: str, task: int) -> str:
+def _head_reason(rule: str, names: Names) -> str:
+    """Why a head loaded (the rule let it: _head_refusal)."""
+    file_labels, run_labels = names
     if rule == "auto":
-        return f"the same classes ({_shown(_labels(model.head_labels, task))})"
-    file_labels, run_labels = _labels(source.head_labels, task), _labels(model.head_labels, task)
+        return f"the same classes ({_shown(run_labels)})"
     if file_labels is not None and run_labels is not None and file_labels != run_labels:
-        return (
-            f"--pretrained-head keep, though its classes ({_shown(file_labels)}) are not the "
-            f"run's ({_shown(run_labels)})"
-        )
+        return f"--pretrained-head keep, though {_other_classes(names)}"
     return "--pretrained-head keep: the class count matches"
+
+
+def _other_classes(names: Names) -> str:
+    file_labels, run_labels = names
+    return f"its classes ({_shown(file_labels)}) are not the run's ({_shown(run_labels)})"
 
 
 def _labels(labels: list[list[str]] | None, task: int) -> list[str] | None:
