@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _tiny import TINY_KWARGS
+from _weight_files import TINY
 
 from mixfast import cli, create_model
 from mixfast.checkpoint import load_checkpoint, save_checkpoint
@@ -22,11 +23,6 @@ from mixfast.data.training import class_labels
 from mixfast.model.weights import apply_weights, read_weights
 from mixfast.train.settings import ModelConfig
 
-TINY = (
-    "--dataset synthetic --img-size 16 --train-limit 80 --test-limit 20 --depth 1 "
-    "--embed-dim 32 --num-heads 2 --decoder-dim 32 --decoder-depth 1 --ssl-epochs 1 "
-    "--sl-epochs 1 --batch-size 16 --device cpu --no-compile --no-progress"
-).split()
 SYNTHETIC = [f"synthetic:{i}" for i in range(10)]
 
 
